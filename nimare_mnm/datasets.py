@@ -1,0 +1,698 @@
+"""Corpora as NiMARE Studysets: NeuroQuery v1 and Neurosynth v7, with a text for every study.
+
+The database files are found (or downloaded, for users who are online) by NiMARE's own
+fetchers, :func:`nimare.extract.fetch_neuroquery` and :func:`nimare.extract.fetch_neurosynth`,
+with keywords that select exactly the files nimare-mnm needs. The Studyset itself is built by
+a fast path: the files are turned into NiMARE's parquet studyset tables, written once to a
+writable cache, and read with :meth:`nimare.nimads.Studyset.from_parquet`. NiMARE's own
+conversion (``return_type="studyset"``) goes through the legacy Dataset and takes more than
+ten minutes and about 11 GB for NeuroQuery; the result here is the same studyset (checked on
+a subset by the test suite) in seconds.
+
+Every study gets a text, stored in the analysis-level text field ``"text"``:
+
+- NeuroQuery: its title, its keywords, and the terms of its abstract ordered by TF-IDF
+  (the abstracts themselves are not distributed);
+- Neurosynth: its title plus the leading keys of its strongest LDA-50 topics.
+
+:func:`study_texts` returns the text nimare-mnm embeds for each study of any Studyset, and
+prefers a real abstract whenever the Studyset carries one (for example NiMARE's bundled
+n-back/flanker studyset, whose study descriptions are abstracts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from nimare_mnm.utils import DATA_ENV, file_fingerprint, get_cache_dir, get_data_dir
+
+LGR = logging.getLogger(__name__)
+
+__all__ = ["load_neuroquery", "load_neurosynth", "study_texts", "MNI_BOX"]
+
+#: World-coordinate bounding box (mm) of NiMARE's MNI152 2 mm template grid.
+MNI_BOX = np.array([[-90.0, 90.0], [-126.0, 90.0], [-72.0, 108.0]])
+
+# Bump when the tables written to the cache change, so stale caches are not reused.
+_CACHE_FORMAT = 1
+
+NEUROQUERY_KEYWORDS = {
+    "version": "1",
+    "source": ["abstract", "keywords"],
+    "vocab": "neuroquery7547",
+    "type": "count",
+}
+NEUROSYNTH_KEYWORDS = {"version": "7", "source": "abstract", "vocab": "LDA50", "type": "weight"}
+
+_NQ = "data-neuroquery_version-1"
+_NQ_FILES = {
+    "coordinates": f"{_NQ}_coordinates.tsv.gz",
+    "metadata": f"{_NQ}_metadata.tsv.gz",
+    "abstract": f"{_NQ}_vocab-neuroquery7547_source-abstract_type-count_features.npz",
+    "keywords": f"{_NQ}_vocab-neuroquery7547_source-keywords_type-count_features.npz",
+    "vocabulary": f"{_NQ}_vocab-neuroquery7547_vocabulary.txt",
+}
+_NS = "data-neurosynth_version-7"
+_NS_FILES = {
+    "coordinates": f"{_NS}_coordinates.tsv.gz",
+    "metadata": f"{_NS}_metadata.tsv.gz",
+    "topics": f"{_NS}_vocab-LDA50_source-abstract_type-weight_features.npz",
+    "vocabulary": f"{_NS}_vocab-LDA50_vocabulary.txt",
+    "keys": f"{_NS}_vocab-LDA50_keys.tsv",
+}
+
+
+# --------------------------------------------------------------------------- file location
+def _fetch_neuroquery(**kwargs):
+    from nimare.extract import fetch_neuroquery
+
+    return fetch_neuroquery(**kwargs)
+
+
+def _fetch_neurosynth(**kwargs):
+    from nimare.extract import fetch_neurosynth
+
+    with warnings.catch_warnings():
+        # NiMARE warns that the Neurosynth files are a frozen snapshot: that is what we want.
+        warnings.simplefilter("ignore", FutureWarning)
+        return fetch_neurosynth(**kwargs)
+
+
+def _searched_dirs(name: str, data_dir: str | None) -> list[str]:
+    from nimare.extract.utils import get_data_dirs
+
+    return [os.path.join(os.path.expanduser(d), name) for d in get_data_dirs(data_dir)]
+
+
+def _locate(
+    name: str,
+    label: str,
+    fetcher: Callable,
+    keywords: dict,
+    required: dict[str, str],
+    data_dir: str | os.PathLike | None,
+    download: bool,
+) -> dict[str, str]:
+    """Find the files of one database, fetching them through NiMARE when allowed.
+
+    Returns a mapping from the keys of ``required`` to absolute file paths. Raises
+    FileNotFoundError naming the missing files, the folders searched and how to get them.
+    """
+    data_dir = get_data_dir(data_dir)
+    searched = _searched_dirs(name, data_dir)
+    for folder in searched:
+        if all(os.path.isfile(os.path.join(folder, f)) for f in required.values()):
+            # Ask NiMARE too, so that the keywords we document are the ones that work; it
+            # skips every file that is already there.
+            manifest = _quiet_fetch(fetcher, os.path.dirname(folder), keywords)
+            _check_manifest(manifest, folder, required)
+            return {key: os.path.join(folder, f) for key, f in required.items()}
+
+    target = searched[0]
+    created_dir = not os.path.isdir(target)
+    before = set(os.listdir(target)) if not created_dir else set()
+    error: BaseException | None = None
+    if download:
+        try:
+            LGR.info(f"Downloading the {label} files into {target} with NiMARE's fetcher.")
+            _quiet_fetch(fetcher, os.path.dirname(target), keywords)
+        except Exception as exc:  # network errors come in many types (URLError, OSError...)
+            error = exc
+        else:
+            if all(os.path.isfile(os.path.join(target, f)) for f in required.values()):
+                return {key: os.path.join(target, f) for key, f in required.items()}
+        _remove_partial_downloads(target, before, created_dir)
+
+    missing = [f for f in required.values() if not os.path.isfile(os.path.join(target, f))]
+    kw = ", ".join(f"{k}={v!r}" for k, v in keywords.items())
+    fetch_name = fetcher.__name__.lstrip("_")
+    msg = (
+        f"The {label} files needed by nimare-mnm were not found. Missing from {target}: "
+        f"{', '.join(missing)}. Folders searched: {', '.join(searched)}. "
+        f"Get them with nimare.extract.{fetch_name}(data_dir=DIR, {kw}) on a machine with "
+        f"internet access, then pass data_dir=DIR or set {DATA_ENV}=DIR."
+    )
+    if error is not None:
+        msg += f" (Download attempt failed: {type(error).__name__}: {error})"
+    raise FileNotFoundError(msg) from error
+
+
+def _quiet_fetch(fetcher: Callable, data_dir: str, keywords: dict):
+    # NiMARE prints a line per file ("Downloading ...", "File exists ... Skipping.").
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fetcher(data_dir=data_dir, return_type="files", **keywords)
+
+
+def _check_manifest(manifest: list[dict], folder: str, required: dict[str, str]) -> None:
+    listed = set()
+    for database in manifest:
+        listed.update(os.path.basename(database[k]) for k in ("coordinates", "metadata"))
+        for feature in database["features"]:
+            listed.update(os.path.basename(v) for v in feature.values())
+    unlisted = set(required.values()) - listed
+    if unlisted:  # pragma: no cover - guards against a change of NiMARE's manifest
+        raise RuntimeError(
+            f"NiMARE's fetcher no longer lists {sorted(unlisted)} for the keywords nimare-mnm "
+            f"uses (folder {folder}); please report this to nimare-mnm."
+        )
+
+
+def _remove_partial_downloads(target: str, before: set[str], created_dir: bool) -> None:
+    """Remove what a failed download left behind, so no partial corpus is ever read."""
+    if not os.path.isdir(target):
+        return
+    for fname in set(os.listdir(target)) - before:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(target, fname))
+    if created_dir:
+        with contextlib.suppress(OSError):
+            os.rmdir(target)
+
+
+# --------------------------------------------------------------------------- table building
+def _read_table(path: str, what: str) -> pd.DataFrame:
+    try:
+        return pd.read_table(path)
+    except Exception as exc:
+        raise ValueError(f"Could not read the {what} file {path}: {exc}") from exc
+
+
+def _read_npz(path: str, n_rows: int) -> sp.csr_matrix:
+    try:
+        matrix = sp.load_npz(path).tocsr()
+    except Exception as exc:
+        raise ValueError(f"Could not read the feature file {path}: {exc}") from exc
+    if matrix.shape[0] != n_rows:
+        raise ValueError(
+            f"The feature file {path} has {matrix.shape[0]} rows but the metadata file has "
+            f"{n_rows} studies; the files come from different releases."
+        )
+    return matrix
+
+
+def _read_vocabulary(path: str) -> np.ndarray:
+    with open(path, encoding="utf-8") as fh:
+        return np.asarray([line.rstrip("\n") for line in fh if line.strip()], dtype=object)
+
+
+def _coordinates_table(coords: pd.DataFrame, ids: pd.Index, target: str) -> pd.DataFrame:
+    """Coordinates in ``target`` space, inside the MNI box, keyed by analysis id."""
+    from nimare.utils import _transform_coordinates_to_space
+
+    coords = coords[["id", "x", "y", "z", "space"]].copy()
+    coords["id"] = coords["id"].astype(str)
+    unknown = ~coords["id"].isin(ids)
+    if unknown.any():
+        LGR.info(f"Ignoring {int(unknown.sum())} peaks of studies absent from the metadata.")
+        coords = coords[~unknown]
+    coords = _transform_coordinates_to_space(coords.reset_index(drop=True), target)
+    xyz = coords[["x", "y", "z"]].to_numpy(dtype=float)
+    inside = np.all((xyz >= MNI_BOX[:, 0]) & (xyz <= MNI_BOX[:, 1]), axis=1)
+    if not inside.all():
+        LGR.info(
+            f"Dropping {int((~inside).sum())} peaks outside the MNI152 box "
+            f"({coords.loc[~inside, 'id'].nunique()} studies affected)."
+        )
+    coords = coords[inside]
+    coords["id"] = coords["id"] + "-1"
+    return coords.reset_index(drop=True)
+
+
+def _tfidf_order(counts: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
+    """TF-IDF (smooth idf, as scikit-learn) of a count matrix, and the idf vector."""
+    n = counts.shape[0]
+    df = np.bincount(counts.indices, minlength=counts.shape[1])
+    idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+    tfidf = counts.multiply(idf[None, :]).tocsr()
+    tfidf.sort_indices()
+    return tfidf, idf
+
+
+def _ordered_terms(matrix: sp.csr_matrix, row: int, vocabulary: np.ndarray) -> list[str]:
+    start, stop = matrix.indptr[row], matrix.indptr[row + 1]
+    cols, vals = matrix.indices[start:stop], matrix.data[start:stop]
+    order = np.lexsort((cols, -vals))  # highest weight first, ties by vocabulary order
+    return [vocabulary[c] for c in cols[order]]
+
+
+def neuroquery_texts(
+    titles: list[str],
+    abstract_counts: sp.csr_matrix,
+    keyword_counts: sp.csr_matrix,
+    vocabulary: np.ndarray,
+) -> list[str]:
+    """Build each NeuroQuery study's text from its title, keywords and abstract terms.
+
+    Parameters
+    ----------
+    titles : :obj:`list` of :obj:`str`
+        Article titles, one per study.
+    abstract_counts, keyword_counts : :obj:`scipy.sparse.csr_matrix`
+        Term counts (studies x vocabulary) in the abstract and in the keywords.
+    vocabulary : :obj:`numpy.ndarray`
+        The terms, one per column.
+
+    Returns
+    -------
+    :obj:`list` of :obj:`str`
+        ``"<title>. Keywords: k1; k2. Abstract terms: t1, t2, ..."``, the keywords and the
+        abstract terms each ordered by TF-IDF over the corpus (highest first). Parts that a
+        study lacks are left out.
+    """
+    abstract_tfidf, _ = _tfidf_order(abstract_counts)
+    keyword_tfidf, _ = _tfidf_order(keyword_counts)
+    texts = []
+    for row, title in enumerate(titles):
+        title = " ".join(str(title).split()) if isinstance(title, str) else ""
+        parts = [title.rstrip(".")] if title else []
+        keywords = _ordered_terms(keyword_tfidf, row, vocabulary)
+        if keywords:
+            parts.append("Keywords: " + "; ".join(keywords))
+        terms = _ordered_terms(abstract_tfidf, row, vocabulary)
+        if terms:
+            parts.append("Abstract terms: " + ", ".join(terms))
+        texts.append(". ".join(parts) + "." if parts else "")
+    return texts
+
+
+def _topic_keys(path: str, n_words: int) -> list[str]:
+    keys = pd.read_table(path, header=None, names=["topic", "weight", "words"])
+    return [" ".join(str(words).split()[:n_words]) for words in keys["words"]]
+
+
+def neurosynth_texts(
+    titles: list[str],
+    topic_weights: sp.csr_matrix,
+    topic_keys: list[str],
+    n_topics: int = 3,
+    min_weight: float = 0.05,
+) -> list[str]:
+    """Build each Neurosynth study's text from its title and its strongest LDA topics.
+
+    Parameters
+    ----------
+    titles : :obj:`list` of :obj:`str`
+        Article titles, one per study.
+    topic_weights : :obj:`scipy.sparse.csr_matrix`
+        LDA topic weights (studies x topics) from the abstracts.
+    topic_keys : :obj:`list` of :obj:`str`
+        The leading words of each topic.
+    n_topics : :obj:`int`, default=3
+        Number of strongest topics to describe.
+    min_weight : :obj:`float`, default=0.05
+        Topics weighing less than this in a study are not mentioned.
+
+    Returns
+    -------
+    :obj:`list` of :obj:`str`
+        ``"<title>. Topics: <keys of topic 1>; <keys of topic 2>; ..."``.
+    """
+    weights = topic_weights.toarray()
+    texts = []
+    for row, title in enumerate(titles):
+        title = " ".join(str(title).split()) if isinstance(title, str) else ""
+        order = np.argsort(-weights[row], kind="stable")[:n_topics]
+        topics = [topic_keys[t] for t in order if weights[row, t] >= min_weight]
+        parts = [title.rstrip(".")] if title else []
+        if topics:
+            parts.append("Topics: " + "; ".join(topics))
+        texts.append(". ".join(parts) + "." if parts else "")
+    return texts
+
+
+def _na(values: pd.Series) -> list:
+    # NiMARE's converter writes "n/a" for missing metadata; keep the same convention.
+    return ["n/a" if pd.isna(v) else v for v in values]
+
+
+def _write_tables(tables: dict[str, pd.DataFrame], directory: Path, name: str, sid: str):
+    """Write NiMARE parquet studyset tables atomically into ``directory``."""
+    import json
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp-", dir=directory.parent))
+    try:
+        for table, frame in tables.items():
+            frame.to_parquet(tmp / f"{table}.parquet", index=False)
+        manifest = {
+            "format": "nimare-studyset-parquet",
+            "version": 1,
+            "id": sid,
+            "name": name,
+            "tables": {t: f"{t}.parquet" for t in tables},
+            "annotations": [],
+        }
+        (tmp / "studyset.json").write_text(json.dumps(manifest, indent=2))
+        try:
+            os.replace(tmp, directory)
+        except OSError:
+            if not (directory / "studyset.json").is_file():  # pragma: no cover
+                raise
+            # Another process wrote the same cache first: keep theirs.
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tables(
+    metadata: pd.DataFrame, coords: pd.DataFrame, texts: list[str], target: str
+) -> dict[str, pd.DataFrame]:
+    ids = metadata["id"].astype(str)
+    aid = ids + "-1"
+    meta_cols = {c: _na(metadata[c]) if c in metadata else ["n/a"] * len(ids)
+                 for c in ("authors", "journal", "year")}
+    title = _na(metadata["title"])
+    return {
+        "studies": pd.DataFrame(
+            {
+                "study_id": ids,
+                "name": title,
+                "description": [None] * len(ids),
+                "authors": meta_cols["authors"],
+                "publication": meta_cols["journal"],
+            }
+        ),
+        "analyses": pd.DataFrame(
+            {"id": aid, "study_id": ids, "contrast_id": "1", "name": ["1"] * len(ids)}
+        ),
+        "coordinates": _coordinates_table(coords, pd.Index(ids), target),
+        "metadata": pd.DataFrame(
+            {"id": aid, "study_id": ids, "contrast_id": "1", **meta_cols, "title": title}
+        ),
+        "texts": pd.DataFrame({"id": aid, "study_id": ids, "contrast_id": "1", "text": texts}),
+    }
+
+
+def _annotate(studyset, name: str, labels: np.ndarray, matrix: sp.csr_matrix, ids: pd.Series):
+    """Attach a study x label matrix as one annotation, without densifying it."""
+    from nimare.nimads import AnnotationSet, ColumnStore, Studyset
+    from nimare.studyset.store import replace
+
+    store = studyset.store
+    row_of = pd.Series(np.arange(store.n_analyses), index=store.analysis_full_key.astype(str))
+    rows = row_of.reindex((ids.astype(str) + "-1").to_numpy()).to_numpy()
+    if np.isnan(rows.astype(float)).any():  # pragma: no cover - tables are built together
+        raise RuntimeError("Annotation rows do not match the studyset's analyses.")
+    perm = sp.csr_matrix(
+        (np.ones(len(rows)), (rows.astype(np.int64), np.arange(len(rows)))),
+        shape=(store.n_analyses, len(rows)),
+    )
+    csc = (perm @ matrix).tocsc()
+    csc.sort_indices()
+    columns = ColumnStore(store.n_analyses)
+    for j, label in enumerate(labels):
+        lo, hi = csc.indptr[j], csc.indptr[j + 1]
+        columns.add_sparse(str(label), csc.indices[lo:hi], csc.data[lo:hi].astype(float))
+    ann = AnnotationSet(
+        id=name, name=name, columns=columns, note_key_types={str(x): "number" for x in labels}
+    )
+    new = replace(store, annotations={**store.annotations, name: ann})
+    return Studyset._wrap(studyset.view.__class__(new, context=studyset.view.context))
+
+
+def _from_cache(
+    label: str,
+    files: dict[str, str],
+    cache_dir,
+    target: str,
+    build: Callable[[], dict[str, pd.DataFrame]],
+):
+    from nimare.nimads import Studyset
+
+    key = file_fingerprint(list(files.values()), _CACHE_FORMAT, target)
+    directory = get_cache_dir(cache_dir) / f"{label}-{key}"
+    if not (directory / "studyset.json").is_file():
+        LGR.info(f"Building the {label} studyset tables (cached in {directory}).")
+        _write_tables(build(), directory, name=label, sid=label)
+    try:
+        return Studyset.from_parquet(directory, target=target)
+    except Exception as exc:
+        raise ValueError(
+            f"The cached {label} studyset in {directory} could not be read ({exc}); "
+            "delete that folder to rebuild it."
+        ) from exc
+
+
+def _finish(studyset, return_type: str):
+    if return_type == "studyset":
+        return studyset
+    from nimare.dataset import _quiet_dataset_deprecation
+
+    with _quiet_dataset_deprecation():
+        return studyset.to_dataset()
+
+
+def _check_return_type(return_type: str) -> None:
+    if return_type not in ("studyset", "dataset"):
+        raise ValueError(
+            f"return_type must be 'studyset' or 'dataset' (legacy), got {return_type!r}."
+        )
+
+
+# --------------------------------------------------------------------------- public loaders
+def load_neuroquery(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    return_type: str = "studyset",
+    annotations: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    target: str = "mni152_2mm",
+):
+    """Load NeuroQuery v1 as a NiMARE Studyset with a text for every study.
+
+    Parameters
+    ----------
+    data_dir : :obj:`str` or :obj:`os.PathLike`, optional
+        Folder holding (or receiving) NiMARE's ``neuroquery/`` database folder. Defaults to
+        the ``NIMARE_MNM_DATA`` environment variable, then NiMARE's own defaults
+        (``NIMARE_SHARED_DATA``, ``NIMARE_DATA``, ``~/.nimare``).
+    return_type : {"studyset", "dataset"}, default="studyset"
+        ``"dataset"`` returns a legacy :class:`nimare.dataset.Dataset` (slow, deprecated by
+        NiMARE).
+    annotations : :obj:`bool`, default=True
+        Attach the abstract term counts (7,547 NeuroQuery terms) as an annotation, with
+        NiMARE's label names (``neuroquery7547_abstract_count__<term>``).
+    cache_dir : :obj:`str` or :obj:`os.PathLike`, optional
+        Writable folder for the parquet tables built on first load (see
+        :func:`nimare_mnm.utils.get_cache_dir`). The data directory is never written to.
+    download : :obj:`bool`, default=True
+        If the files are absent, let NiMARE's fetcher download them (needs internet access).
+    target : :obj:`str`, default="mni152_2mm"
+        Template space of the returned coordinates.
+
+    Returns
+    -------
+    :class:`nimare.nimads.Studyset` or :class:`nimare.dataset.Dataset`
+        13,459 studies, one analysis each, with peaks inside the MNI152 box, the title in
+        the metadata and nimare-mnm's text in the analysis text field ``"text"``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the files are missing (naming them, the folders searched and how to get them).
+    """
+    _check_return_type(return_type)
+    files = _locate(
+        "neuroquery", "NeuroQuery v1", _fetch_neuroquery, NEUROQUERY_KEYWORDS, _NQ_FILES,
+        data_dir, download,
+    )
+    metadata = _read_table(files["metadata"], "NeuroQuery metadata")
+
+    def build():
+        abstract = _read_npz(files["abstract"], len(metadata))
+        keywords = _read_npz(files["keywords"], len(metadata))
+        vocabulary = _read_vocabulary(files["vocabulary"])
+        texts = neuroquery_texts(list(metadata["title"]), abstract, keywords, vocabulary)
+        coords = _read_table(files["coordinates"], "NeuroQuery coordinates")
+        coords["space"] = "MNI"  # NeuroQuery's peaks are reported in MNI space
+        return _tables(metadata, coords, texts, target)
+
+    studyset = _from_cache("neuroquery", files, cache_dir, target, build)
+    if annotations:
+        vocabulary = _read_vocabulary(files["vocabulary"])
+        labels = np.asarray([f"neuroquery7547_abstract_count__{t}" for t in vocabulary])
+        abstract = _read_npz(files["abstract"], len(metadata))
+        studyset = _annotate(
+            studyset, "neuroquery7547_abstract_count", labels, abstract, metadata["id"]
+        )
+    return _finish(studyset, return_type)
+
+
+def load_neurosynth(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    return_type: str = "studyset",
+    annotations: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    target: str = "mni152_2mm",
+):
+    """Load Neurosynth v7 as a NiMARE Studyset with a text for every study.
+
+    Parameters
+    ----------
+    data_dir : :obj:`str` or :obj:`os.PathLike`, optional
+        Folder holding (or receiving) NiMARE's ``neurosynth/`` database folder. Defaults to
+        the ``NIMARE_MNM_DATA`` environment variable, then NiMARE's own defaults.
+    return_type : {"studyset", "dataset"}, default="studyset"
+        ``"dataset"`` returns a legacy :class:`nimare.dataset.Dataset`.
+    annotations : :obj:`bool`, default=True
+        Attach the LDA-50 topic weights as an annotation, with NiMARE's label names
+        (``LDA50_abstract_weight__<topic>``).
+    cache_dir : :obj:`str` or :obj:`os.PathLike`, optional
+        Writable folder for the parquet tables built on first load.
+    download : :obj:`bool`, default=True
+        If the files are absent, let NiMARE's fetcher download them (needs internet access).
+    target : :obj:`str`, default="mni152_2mm"
+        Template space of the returned coordinates; Talairach peaks are converted with
+        NiMARE's ``tal2mni`` exactly as NiMARE's own conversion does.
+
+    Returns
+    -------
+    :class:`nimare.nimads.Studyset` or :class:`nimare.dataset.Dataset`
+        14,371 studies with title, authors, year and journal metadata, peaks inside the
+        MNI152 box and nimare-mnm's text in the analysis text field ``"text"``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the files are missing (naming them, the folders searched and how to get them).
+    """
+    _check_return_type(return_type)
+    files = _locate(
+        "neurosynth", "Neurosynth v7", _fetch_neurosynth, NEUROSYNTH_KEYWORDS, _NS_FILES,
+        data_dir, download,
+    )
+    metadata = _read_table(files["metadata"], "Neurosynth metadata")
+
+    def build():
+        weights = _read_npz(files["topics"], len(metadata))
+        keys = _topic_keys(files["keys"], n_words=8)
+        texts = neurosynth_texts(list(metadata["title"]), weights, keys)
+        coords = _read_table(files["coordinates"], "Neurosynth coordinates")
+        space = metadata.set_index(metadata["id"].astype(str))["space"]
+        coords["space"] = space.reindex(coords["id"].astype(str)).fillna("UNKNOWN").to_numpy()
+        return _tables(metadata, coords, texts, target)
+
+    studyset = _from_cache("neurosynth", files, cache_dir, target, build)
+    if annotations:
+        vocabulary = _read_vocabulary(files["vocabulary"])
+        labels = np.asarray([f"LDA50_abstract_weight__{t}" for t in vocabulary])
+        weights = _read_npz(files["topics"], len(metadata))
+        studyset = _annotate(studyset, "LDA50_abstract_weight", labels, weights, metadata["id"])
+    return _finish(studyset, return_type)
+
+
+# --------------------------------------------------------------------------- texts per study
+def as_studyset(data):
+    """Return ``data`` as a :class:`nimare.nimads.Studyset`.
+
+    Parameters
+    ----------
+    data : :class:`nimare.nimads.Studyset`, :class:`nimare.dataset.Dataset`, dict or path
+        A Studyset, a legacy Dataset, or anything :class:`nimare.nimads.Studyset` accepts
+        (a NIMADS dict or JSON path, a parquet studyset folder).
+
+    Returns
+    -------
+    :class:`nimare.nimads.Studyset`
+    """
+    from nimare.dataset import Dataset
+    from nimare.nimads import Studyset
+
+    if isinstance(data, Studyset):
+        return data
+    if isinstance(data, Dataset):
+        return Studyset.from_dataset(data)
+    if isinstance(data, (str, os.PathLike, dict)):
+        if isinstance(data, (str, os.PathLike)) and not os.path.exists(data):
+            raise FileNotFoundError(f"No studyset at {os.fspath(data)}.")
+        return Studyset(data)
+    raise TypeError(
+        "Expected a nimare.nimads.Studyset, a nimare.dataset.Dataset or a path to a studyset, "
+        f"got {type(data).__name__}."
+    )
+
+
+def _first_text_per_study(store, field: str) -> dict[int, str]:
+    if store.texts is None or field not in store.texts:
+        return {}
+    rows, values = store.texts.entries(field)
+    out: dict[int, str] = {}
+    for row, value in zip(rows, values):
+        study = int(store.study_idx[int(row)])
+        if study not in out and isinstance(value, str) and value.strip():
+            out[study] = value
+    return out
+
+
+def study_texts(studyset) -> pd.Series:
+    """Return the text nimare-mnm embeds for each study, preferring real abstracts.
+
+    Parameters
+    ----------
+    studyset : :class:`nimare.nimads.Studyset` or :class:`nimare.dataset.Dataset`
+        The studies.
+
+    Returns
+    -------
+    :class:`pandas.Series`
+        Indexed by study id (``studyset.study_ids`` order). For each study, in order of
+        preference: its title followed by its abstract (the ``"abstract"`` text field, or
+        the NIMADS study description), else the ``"text"`` field that
+        :func:`load_neuroquery` / :func:`load_neurosynth` build, else its title.
+
+    Raises
+    ------
+    ValueError
+        If some studies have no text at all (the first few are named).
+    """
+    studyset = as_studyset(studyset)
+    store = studyset.store
+    view_studies = np.unique(store.study_idx[studyset.view.index])
+    names = store.study_attrs.get("name") if "name" in store.study_attrs else None
+    descriptions = (
+        store.study_attrs.get("description") if "description" in store.study_attrs else None
+    )
+    abstracts = _first_text_per_study(store, "abstract")
+    built = _first_text_per_study(store, "text")
+
+    def clean(value) -> str:
+        return " ".join(value.split()) if isinstance(value, str) else ""
+
+    out, missing = {}, []
+    for s in view_studies:
+        sid = str(store.study_key[s])
+        title = clean(names[s]) if names is not None else ""
+        title = "" if title == "n/a" else title
+        abstract = clean(abstracts.get(int(s))) or (
+            clean(descriptions[s]) if descriptions is not None else ""
+        )
+        if abstract:
+            text = f"{title.rstrip('.')}. {abstract}" if title else abstract
+        else:
+            text = clean(built.get(int(s))) or title
+        if not text:
+            missing.append(sid)
+        out[sid] = text
+    if missing:
+        raise ValueError(
+            f"{len(missing)} studies have no title, abstract or text (e.g. {missing[:5]}); "
+            "nimare-mnm needs a text for every study."
+        )
+    series = pd.Series(out, name="text")
+    series.index.name = "study_id"
+    return series
