@@ -55,6 +55,19 @@ SUBCORTICAL_STRUCTURES = (
     "Right_Accumbens",
 )  # fmt: skip
 
+# Network names in Yeo et al. (2011)'s numbering, the order of the voxel values. The
+# neuroparc label list of Yeo-17 is not in this order (its "5_Temporal_Parietal" voxels are
+# the dorsal attention network A by their overlap with Yeo-7), so names go by position.
+YEO7_NAMES = (
+    "Visual", "Somatomotor", "DorsalAttention", "VentralAttention", "Limbic",
+    "Frontoparietal", "Default",
+)  # fmt: skip
+YEO17_NAMES = (
+    "VisCent", "VisPeri", "SomMotA", "SomMotB", "DorsAttnA", "DorsAttnB", "SalVentAttnA",
+    "SalVentAttnB", "LimbicB", "LimbicA", "ContC", "ContA", "ContB", "TempPar", "DefaultC",
+    "DefaultA", "DefaultB",
+)  # fmt: skip
+
 _ATLAS_FILES = {
     "yeo7": ("Yeo-7-liberal_space-MNI152NLin6_res-2x2x2.nii.gz", "Yeo-7-liberal.labels.csv"),
     "yeo17": ("Yeo-17-liberal_space-MNI152NLin6_res-2x2x2.nii.gz", "Yeo-17-liberal.labels.csv"),
@@ -361,9 +374,7 @@ class PeakDensity:
         maps = kern.transform(studyset, masker=self._masker(), return_type="array")
         maps = np.asarray(maps, dtype=np.float32)
         analysis_study = studyset.coordinates.drop_duplicates("id").set_index("id")["study_id"]
-        rows = ids.get_indexer(
-            analysis_study.reindex(studyset.ids).astype(str).to_numpy()
-        )
+        rows = ids.get_indexer(analysis_study.reindex(studyset.ids).astype(str).to_numpy())
         pooled = np.zeros((len(ids), maps.shape[1]), dtype=np.float32)
         for row, values in zip(rows, maps):
             if row >= 0:
@@ -461,13 +472,17 @@ class BrainLevels:
         self.labels_ = {"whole": np.zeros(mask.sum(), dtype=np.int64)}
         self.names_ = {"whole": ["whole_brain"]}
         for level in ("yeo7", "yeo17"):
-            img, names = load_atlas(level, self.data_dir)
+            img, _ = load_atlas(level, self.data_dir)
             net = np.asanyarray(img.dataobj)[mask].astype(np.int64) - 1
             # Harvard-Oxford's subcortical structures take precedence over Yeo's liberal
             # cortical masks, which spill into the medial temporal lobe.
             net[is_sub] = -1
             self.labels_[level] = net
-            self.names_[level] = [n.split("_", 1)[1] if "_" in n else n for n in names[1:]]
+            self.names_[level] = list(YEO7_NAMES if level == "yeo7" else YEO17_NAMES)
+            if net.max() != len(self.names_[level]) - 1:
+                raise ValueError(
+                    f"The {level} atlas does not have {len(self.names_[level])} networks."
+                )
         self.labels_["subcortical"] = sub_region
         self.names_["subcortical"] = list(SUBCORTICAL_STRUCTURES)
         n7, n_sub = len(self.names_["yeo7"]), len(SUBCORTICAL_STRUCTURES)

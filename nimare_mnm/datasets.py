@@ -46,7 +46,7 @@ __all__ = ["load_neuroquery", "load_neurosynth", "study_texts", "MNI_BOX"]
 MNI_BOX = np.array([[-90.0, 90.0], [-126.0, 90.0], [-72.0, 108.0]])
 
 # Bump when the tables written to the cache change, so stale caches are not reused.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 NEUROQUERY_KEYWORDS = {
     "version": "1",
@@ -226,6 +226,9 @@ def _coordinates_table(coords: pd.DataFrame, ids: pd.Index, target: str) -> pd.D
             f"({coords.loc[~inside, 'id'].nunique()} studies affected)."
         )
     coords = coords[inside]
+    # Label the (already converted) peaks with a space NiMARE recognises, so the Studyset
+    # neither re-transforms them nor warns about an unknown space.
+    coords["space"] = "TAL" if "tal" in target.lower() else "MNI"
     coords["id"] = coords["id"] + "-1"
     return coords.reset_index(drop=True)
 
