@@ -658,7 +658,7 @@ class BrainVectorizer:
         return maps
 
     def to_img(self, vector: np.ndarray, smooth: bool = True) -> nib.Nifti1Image:
-        """A NIfTI image on the MNI152 2 mm grid from one brain vector."""
+        """Return a NIfTI image on the MNI152 2 mm grid from one brain vector."""
         mask = np.asanyarray(load_mask().dataobj) > 0
         out = np.zeros(mask.shape, dtype=np.float32)
         out[mask] = self.inverse_transform(vector, smooth=smooth)[0]

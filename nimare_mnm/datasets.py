@@ -374,8 +374,10 @@ def _tables(
 ) -> dict[str, pd.DataFrame]:
     ids = metadata["id"].astype(str)
     aid = ids + "-1"
-    meta_cols = {c: _na(metadata[c]) if c in metadata else ["n/a"] * len(ids)
-                 for c in ("authors", "journal", "year")}
+    meta_cols = {
+        c: _na(metadata[c]) if c in metadata else ["n/a"] * len(ids)
+        for c in ("authors", "journal", "year")
+    }
     title = _na(metadata["title"])
     return {
         "studies": pd.DataFrame(
@@ -509,8 +511,13 @@ def load_neuroquery(
     """
     _check_return_type(return_type)
     files = _locate(
-        "neuroquery", "NeuroQuery v1", _fetch_neuroquery, NEUROQUERY_KEYWORDS, _NQ_FILES,
-        data_dir, download,
+        "neuroquery",
+        "NeuroQuery v1",
+        _fetch_neuroquery,
+        NEUROQUERY_KEYWORDS,
+        _NQ_FILES,
+        data_dir,
+        download,
     )
     metadata = _read_table(files["metadata"], "NeuroQuery metadata")
 
@@ -576,8 +583,13 @@ def load_neurosynth(
     """
     _check_return_type(return_type)
     files = _locate(
-        "neurosynth", "Neurosynth v7", _fetch_neurosynth, NEUROSYNTH_KEYWORDS, _NS_FILES,
-        data_dir, download,
+        "neurosynth",
+        "Neurosynth v7",
+        _fetch_neurosynth,
+        NEUROSYNTH_KEYWORDS,
+        _NS_FILES,
+        data_dir,
+        download,
     )
     metadata = _read_table(files["metadata"], "Neurosynth metadata")
 

@@ -434,6 +434,7 @@ class TextEncoder:
         self._reset()
 
     def _reset(self) -> None:
+        self._loaded_for: tuple | None = None  # (model, device) the state below belongs to
         self._source: _ModelSource | None = None
         self._device: torch.device | None = None
         self._model: Any = None
@@ -443,6 +444,7 @@ class TextEncoder:
         self._max_length: int | None = None
         self._dimension: int | None = None
         self._store: _ShardCache | None = None
+        self._store_for: tuple | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickles (e.g. inside a saved estimator) keep the settings, not the loaded model.
@@ -473,9 +475,13 @@ class TextEncoder:
         """:obj:`str`: Canonical model name: Hugging Face id, or absolute folder path."""
         if isinstance(self.model, str) and self.model in _DEFAULT_ALIASES:
             return _DEFAULT_CANONICAL
-        if self._source is not None:
+        if self._source is not None and self._loaded_for == (self.model, self.device):
             return self._source.name
-        return os.fspath(self.model)
+        text = os.fspath(self.model)
+        path = Path(text).expanduser()
+        if isinstance(self.model, os.PathLike) or _looks_like_path(text) or path.is_dir():
+            return os.fspath(path.resolve())
+        return text
 
     @property
     def device_(self) -> torch.device:
@@ -526,14 +532,17 @@ class TextEncoder:
 
     # ------------------------------------------------------------------ loading
     def _resolve(self) -> _ModelSource:
+        if self._loaded_for != (self.model, self.device):  # settings changed: start over
+            self._reset()
+            self._loaded_for = (self.model, self.device)
         if self._source is None:
             self._source = _resolve_source(self.model)
         return self._source
 
     def _load(self) -> None:
+        source = self._resolve()
         if self._model is not None:
             return
-        source = self._resolve()
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         device = self.device_
         LGR.info("Loading text model %s (%s) on %s.", source.name, source.backend, device)
@@ -615,7 +624,9 @@ class TextEncoder:
         if self._max_length - len(self._prefix) - len(self._suffix) < 8:
             raise ValueError(f"The maximum sequence length {self._max_length} is too short.")
         if self._dimension is None:  # unusual heads: measure it once
-            self._dimension = int(self._embed_windows([self._prefix + bare + self._suffix]).shape[1])
+            self._dimension = int(
+                self._embed_windows([self._prefix + bare + self._suffix]).shape[1]
+            )
 
     # ------------------------------------------------------------------ cache
     def _cache_key(self) -> str:
@@ -636,11 +647,13 @@ class TextEncoder:
     def _cache_store(self) -> _ShardCache | None:
         if not self.cache:
             return None
-        if self._store is None:
-            source = self._resolve()
+        source = self._resolve()
+        key = self._cache_key()
+        if self._store is None or self._store_for != (self.cache_dir, key):
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.name).name)[:60] or "model"
-            folder = get_cache_dir(self.cache_dir) / "text_embeddings" / f"{slug}-{self._cache_key()}"
+            folder = get_cache_dir(self.cache_dir) / "text_embeddings" / f"{slug}-{key}"
             self._store = _ShardCache(folder)
+            self._store_for = (self.cache_dir, key)
         return self._store
 
     def _write_cache_info(self, folder: Path) -> None:

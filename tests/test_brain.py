@@ -75,7 +75,7 @@ def test_density_rejects_bad_input():
         study_coordinates(pd.DataFrame({"id": ["a"], "x": [0.0]}))
     wrong = nib.Nifti1Image(np.ones((10, 10, 10), np.int8), np.eye(4))
     with pytest.raises(ValueError, match="2 mm grid"):
-        PeakDensity(mask=wrong).n_voxels
+        _ = PeakDensity(mask=wrong).n_voxels
 
 
 def test_mkda_kernel_option_uses_nimare():

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from conftest import make_studyset, requires_data
 
 from nimare_mnm import load_neuroquery, load_neurosynth
-from nimare_mnm.datasets import MNI_BOX, _NQ_FILES, neuroquery_texts, study_texts
+from nimare_mnm.datasets import _NQ_FILES, MNI_BOX, neuroquery_texts, study_texts
 
 
 def test_missing_data_dir_names_files_and_folders(tmp_path):

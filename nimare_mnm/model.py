@@ -1,0 +1,320 @@
+"""The MNM network: text and brain encoders into one Lorentz space, and a map decoder.
+
+Text embeddings (from :class:`nimare_mnm.text.TextEncoder`) and brain vectors (from
+:class:`nimare_mnm.brain.BrainVectorizer`) are projected to tangent vectors at the origin of
+the hyperboloid, scaled by a learnable factor, and lifted with the exponential map. The brain
+encoder is shared across levels: a level's map is the whole-brain map restricted to one
+region (a Yeo-7 or Yeo-17 network, or the subcortical structures), and because the brain
+vector's supervoxels never straddle regions, the first layer's output for every region of
+every level comes from one matrix product over the finest compartments.
+
+``geometry="euclidean"`` turns the same network into a NeuroConText-style CLIP model
+(L2-normalised embeddings, cosine logits), so that baselines share the code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from nimare_mnm import lorentz
+
+__all__ = ["MNMConfig", "MNMModel", "LevelLayout"]
+
+LOG_C_MIN, LOG_C_MAX = math.log(0.1), math.log(10.0)
+MAX_LOGIT_SCALE = 100.0
+
+
+@dataclass
+class MNMConfig:
+    """Architecture of :class:`MNMModel`.
+
+    Parameters
+    ----------
+    text_dim : :obj:`int`
+        Dimension of the input text embeddings (384 for all-MiniLM-L6-v2).
+    brain_dim : :obj:`int`
+        Length of the brain vector.
+    embed_dim : :obj:`int`, default=128
+        Dimension of the shared space (space coordinates of the hyperboloid).
+    hidden_dim : :obj:`int`, default=256
+        Width of the hidden layers.
+    n_blocks : :obj:`int`, default=2
+        Residual blocks in the brain encoder.
+    geometry : {"lorentz", "euclidean"}, default="lorentz"
+        The shared space.
+    curvature : :obj:`float`, default=1.0
+        Initial curvature c (the space has curvature -c); learnable, clamped to [0.1, 10].
+    learn_curvature : :obj:`bool`, default=True
+        Whether c is learned.
+    temperature : :obj:`float`, default=0.07
+        Initial softmax temperature; the logit scale 1/temperature is capped at 100.
+    dropout : :obj:`float`, default=0.1
+        Dropout in the encoders and the decoder.
+    decoder : :obj:`bool`, default=True
+        Include the decoder head (text embedding -> brain vector).
+    n_level_tokens : :obj:`int`, default=4
+        Number of levels (whole, Yeo-7, Yeo-17, subcortical); each gets a learned embedding
+        added to the brain encoder's hidden state.
+    """
+
+    text_dim: int
+    brain_dim: int
+    embed_dim: int = 128
+    hidden_dim: int = 256
+    n_blocks: int = 2
+    geometry: str = "lorentz"
+    curvature: float = 1.0
+    learn_curvature: bool = True
+    temperature: float = 0.07
+    dropout: float = 0.1
+    decoder: bool = True
+    n_level_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        if self.geometry not in ("lorentz", "euclidean"):
+            raise ValueError(f"geometry must be 'lorentz' or 'euclidean', got {self.geometry!r}.")
+        if not 0.1 <= self.curvature <= 10.0:
+            raise ValueError(f"curvature must be in [0.1, 10], got {self.curvature}.")
+        if self.text_dim <= 0 or self.brain_dim <= 0 or self.embed_dim <= 0:
+            raise ValueError("text_dim, brain_dim and embed_dim must be positive.")
+
+    def to_dict(self) -> dict:
+        """Return the configuration as a JSON-serialisable dict."""
+        return asdict(self)
+
+
+@dataclass
+class LevelLayout:
+    """Which brain-vector components make each region of each level.
+
+    Parameters
+    ----------
+    compartment : :class:`numpy.ndarray`
+        For each brain-vector component, its finest compartment (an int in
+        ``[0, n_compartments)``); compartments are the intersections of all level regions.
+    regions : :obj:`dict`
+        For each level name, an int array giving the region of each compartment (-1: none).
+    names : :obj:`dict`
+        For each level name, the region names.
+    """
+
+    compartment: np.ndarray
+    regions: dict = field(default_factory=dict)
+    names: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_vectorizer(cls, vectorizer, levels) -> LevelLayout:
+        """Build the layout of a fitted :class:`~nimare_mnm.brain.BrainVectorizer`."""
+        keys = np.stack(
+            [vectorizer.parcel_level_[lv] for lv in ("yeo7", "yeo17", "subcortical")], axis=1
+        )
+        uniq, compartment = np.unique(keys, axis=0, return_inverse=True)
+        regions = {
+            "yeo7": uniq[:, 0],
+            "yeo17": uniq[:, 1],
+            # one subcortical map: all structures together
+            "subcortical": np.where(uniq[:, 2] >= 0, 0, -1),
+        }
+        names = {
+            "yeo7": list(levels.names_["yeo7"]),
+            "yeo17": list(levels.names_["yeo17"]),
+            "subcortical": ["subcortical"],
+        }
+        return cls(compartment.ravel().astype(np.int64), regions, names)
+
+    @property
+    def n_compartments(self) -> int:
+        """Number of finest compartments."""
+        return int(self.compartment.max()) + 1
+
+    def region_matrix(self) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """(n_regions, n_compartments) 0/1 matrix over all levels' regions, and their names."""
+        rows, names = [], []
+        for level, region_of in self.regions.items():
+            for r, name in enumerate(self.names[level]):
+                rows.append((region_of == r).astype(np.float32))
+                names.append((level, name))
+        return np.stack(rows), names
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (arrays as lists)."""
+        return {
+            "compartment": self.compartment.tolist(),
+            "regions": {k: v.tolist() for k, v in self.regions.items()},
+            "names": self.names,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LevelLayout:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            np.asarray(data["compartment"], dtype=np.int64),
+            {k: np.asarray(v, dtype=np.int64) for k, v in data["regions"].items()},
+            data["names"],
+        )
+
+
+class _Residual(nn.Module):
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(self.drop(torch.nn.functional.gelu(self.fc1(self.norm(x)))))
+
+
+class MNMModel(nn.Module):
+    """Text and brain encoders into a shared Lorentz (or Euclidean) space, plus a decoder.
+
+    Parameters
+    ----------
+    config : :class:`MNMConfig`
+        Architecture.
+    layout : :class:`LevelLayout`, optional
+        Level structure of the brain vector; without it only whole-brain maps are encoded.
+    """
+
+    def __init__(self, config: MNMConfig, layout: LevelLayout | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.layout = layout
+        h, d = config.hidden_dim, config.embed_dim
+        self.text_head = nn.Sequential(
+            nn.Linear(config.text_dim, h),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(h, d),
+        )
+        self.brain_in = nn.Linear(config.brain_dim, h)
+        self.level_token = nn.Embedding(config.n_level_tokens, h)
+        nn.init.zeros_(self.level_token.weight)
+        self.brain_blocks = nn.Sequential(
+            *[_Residual(h, config.dropout) for _ in range(config.n_blocks)]
+        )
+        self.brain_out = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, d))
+        if config.decoder:
+            self.decoder = nn.Sequential(
+                nn.Linear(d, h),
+                nn.GELU(),
+                nn.Dropout(config.dropout),
+                nn.Linear(h, h),
+                nn.GELU(),
+                nn.Linear(h, config.brain_dim),
+            )
+        else:
+            self.decoder = None
+        # Scalars: stored as logs, excluded from weight decay by the trainer.
+        self.log_c = nn.Parameter(
+            torch.tensor(math.log(config.curvature)), requires_grad=config.learn_curvature
+        )
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)))
+        # Input scales keep initial tangent norms moderate (radius ~1), see MERU's analysis.
+        self.log_text_alpha = nn.Parameter(torch.tensor(-0.5 * math.log(d)))
+        self.log_brain_alpha = nn.Parameter(torch.tensor(-0.5 * math.log(d)))
+        if layout is not None:
+            region_matrix, self.region_names = layout.region_matrix()
+            order = np.argsort(layout.compartment, kind="stable")
+            bounds = np.searchsorted(
+                layout.compartment[order], np.arange(layout.n_compartments + 1)
+            )
+            self.register_buffer("component_order", torch.as_tensor(order))
+            self._segments = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+            self.register_buffer("region_matrix", torch.as_tensor(region_matrix))
+            level_ids = [
+                ("yeo7", "yeo17", "subcortical").index(lv) + 1 for lv, _ in self.region_names
+            ]
+            self.register_buffer("region_level", torch.as_tensor(level_ids))
+        else:
+            self.region_names = []
+
+    # ------------------------------------------------------------------ scalars
+    @property
+    def curvature(self) -> torch.Tensor:
+        """Curvature c (> 0), clamped to [0.1, 10]."""
+        return self.log_c.clamp(LOG_C_MIN, LOG_C_MAX).exp()
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """Inverse temperature, capped at 100."""
+        return self.log_logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+
+    def scalar_parameters(self) -> list[nn.Parameter]:
+        """Parameters that must not get weight decay."""
+        return [self.log_c, self.log_logit_scale, self.log_text_alpha, self.log_brain_alpha]
+
+    # ------------------------------------------------------------------ encoders
+    def _lift(self, tangent: torch.Tensor, log_alpha: torch.Tensor) -> torch.Tensor:
+        # Geometry in full fp32 whatever the surrounding precision.
+        tangent = tangent.float() * log_alpha.exp().float()
+        if self.config.geometry == "euclidean":
+            return torch.nn.functional.normalize(tangent, dim=-1)
+        return lorentz.expmap0(tangent, self.curvature.float())
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Points (space coordinates) of text embeddings, shape (n, embed_dim)."""
+        return self._lift(self.text_head(text), self.log_text_alpha)
+
+    def _brain_hidden(self, pre: torch.Tensor, level: torch.Tensor | int) -> torch.Tensor:
+        token = self.level_token(torch.as_tensor(level, device=pre.device))
+        return self.brain_blocks(pre + token)
+
+    def encode_brain(self, brain: torch.Tensor) -> torch.Tensor:
+        """Points of whole-brain vectors, shape (n, embed_dim)."""
+        hidden = self._brain_hidden(self.brain_in(brain), 0)
+        return self._lift(self.brain_out(hidden), self.log_brain_alpha)
+
+    def encode_levels(self, brain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole-brain and region points in one pass.
+
+        Parameters
+        ----------
+        brain : :class:`torch.Tensor`
+            (n, brain_dim) brain vectors.
+
+        Returns
+        -------
+        whole : :class:`torch.Tensor`
+            (n, embed_dim) whole-brain points.
+        regions : :class:`torch.Tensor`
+            (n, n_regions, embed_dim) points of each region's map (the map restricted to
+            the region), regions ordered as :attr:`region_names`.
+        """
+        if self.layout is None:
+            raise RuntimeError("This model has no level layout; use encode_brain().")
+        # The first layer is linear, so each region's pre-activation is a sum of
+        # per-compartment partial products: one pass over the brain vector for all levels.
+        x = brain[:, self.component_order]
+        w = self.brain_in.weight[:, self.component_order]
+        partial = torch.stack([x[:, a:b] @ w[:, a:b].T for a, b in self._segments], dim=1)
+        region_pre = torch.einsum("rc,nch->nrh", self.region_matrix, partial)
+        region_pre = region_pre + self.brain_in.bias
+        whole_pre = partial.sum(1) + self.brain_in.bias
+        region_hidden = self._brain_hidden(region_pre, self.region_level)
+        whole_hidden = self._brain_hidden(whole_pre, 0)
+        whole = self._lift(self.brain_out(whole_hidden), self.log_brain_alpha)
+        regions = self._lift(self.brain_out(region_hidden), self.log_brain_alpha)
+        return whole, regions
+
+    def decode(self, text_points: torch.Tensor) -> torch.Tensor:
+        """Predicted brain vectors from text points (through the tangent space)."""
+        if self.decoder is None:
+            raise RuntimeError("This model was built without a decoder head.")
+        if self.config.geometry == "euclidean":
+            tangent = text_points
+        else:
+            tangent = lorentz.logmap0(text_points, self.curvature)
+        return self.decoder(tangent)
+
+    def generality(self, points: torch.Tensor) -> torch.Tensor:
+        """Distance to the origin (hyperbolic) or norm (Euclidean): lower is more general."""
+        if self.config.geometry == "euclidean":
+            return points.norm(dim=-1)
+        return lorentz.dist0(points, self.curvature)

@@ -1,0 +1,464 @@
+"""Training the MNM backbone: validation-based model selection, NaN guard, DDP.
+
+:func:`train` fits an :class:`~nimare_mnm.model.MNMModel` on text embeddings and brain
+vectors. The validation studies are carved from the training studies only (the protocol's
+test split is never passed in); early stopping and model selection use validation Recall@10
+(text -> brain). AdamW applies no weight decay to the scalars (curvature, temperature, input
+scales). The geometry and the loss run in full fp32, with TF32 disabled on CUDA. Any
+non-finite loss term or gradient stops training with a message naming the step and the term.
+
+Under ``torchrun`` (one process per CPU socket or GPU) the same call trains with
+DistributedDataParallel: each process takes its share of every global batch, and the
+contrastive logits are computed against embeddings gathered from all processes, so the loss
+trajectory equals a single process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from nimare_mnm.losses import LossConfig, compute_losses, similarity
+from nimare_mnm.model import LevelLayout, MNMConfig, MNMModel
+
+LGR = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "TrainResult", "train", "prepare_brain", "resolve_device"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    Parameters
+    ----------
+    epochs : :obj:`int`, default=40
+        Maximum number of epochs.
+    batch_size : :obj:`int`, default=512
+        Global batch size (split across processes under torchrun).
+    lr : :obj:`float`, default=1e-3
+        AdamW learning rate (cosine decay after a one-epoch warm-up).
+    weight_decay : :obj:`float`, default=1e-2
+        AdamW weight decay of the weight matrices (never of the scalars).
+    patience : :obj:`int`, default=6
+        Epochs without a better validation Recall@10 before stopping.
+    val_fraction : :obj:`float`, default=0.1
+        Fraction of the training studies used for validation (when no explicit validation
+        rows are given).
+    seed : :obj:`int`, default=0
+        Seed of the initialisation, the validation split and the batch order.
+    device : :obj:`str`, default="auto"
+        "auto" picks CUDA when available, else the CPU.
+    max_grad_norm : :obj:`float`, default=5.0
+        Gradient clipping.
+    show_progress : :obj:`bool` or None
+        tqdm progress bar; None shows it when logging at INFO level.
+    """
+
+    epochs: int = 40
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = 6
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    max_grad_norm: float = 5.0
+    show_progress: bool | None = None
+
+    def to_dict(self) -> dict:
+        """Return the configuration as a JSON-serialisable dict."""
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    model: MNMModel
+    history: list = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_recall_at_10: float = float("nan")
+    fit_seconds: float = float("nan")
+    nonfinite_steps: int = 0
+    val_rows: np.ndarray | None = None
+    device: str = "cpu"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Return the torch device: CUDA when available for "auto", else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {device!r} requested but CUDA is not available.")
+    return dev
+
+
+def prepare_brain(vectors: np.ndarray, layout: LevelLayout | None = None) -> dict:
+    """Normalise brain vectors and derive what the loss terms need.
+
+    Parameters
+    ----------
+    vectors : :class:`numpy.ndarray`
+        (n, brain_dim) non-negative brain vectors (supervoxel means of peak densities).
+    layout : :class:`~nimare_mnm.model.LevelLayout`, optional
+        Level structure, for the mass of each region.
+
+    Returns
+    -------
+    :obj:`dict`
+        ``brain`` (unit L2 norm per row), ``breadth`` (effective fraction of active
+        components, from the entropy of the map) and, with a layout, ``region_mass``
+        (fraction of each map's activation in each region).
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"Brain vectors must be 2D, got shape {vectors.shape}.")
+    if not np.isfinite(vectors).all():
+        raise ValueError("Brain vectors contain NaN or infinite values.")
+    norms = np.linalg.norm(vectors, axis=1)
+    empty = np.flatnonzero(norms == 0)
+    if len(empty):
+        raise ValueError(
+            f"{len(empty)} brain vectors are all zero (rows {empty[:5].tolist()}...): studies "
+            "without peaks inside the brain cannot be trained on; drop them first."
+        )
+    out = {"brain": vectors / norms[:, None]}
+    mass = np.clip(vectors, 0, None)
+    p = mass / mass.sum(axis=1, keepdims=True)
+    entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
+    out["breadth"] = (np.exp(entropy) / vectors.shape[1]).astype(np.float32)
+    if layout is not None:
+        comp = np.zeros((vectors.shape[1], layout.n_compartments), dtype=np.float32)
+        comp[np.arange(vectors.shape[1]), layout.compartment] = 1.0
+        region_matrix, _ = layout.region_matrix()
+        out["region_mass"] = ((p @ comp) @ region_matrix.T).astype(np.float32)
+    return out
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _gather(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor), dim=0)
+
+
+@torch.no_grad()
+def embed_all(model: MNMModel, data: np.ndarray, kind: str, device, batch: int = 2048):
+    """Points of texts (``kind="text"``) or whole-brain vectors (``"brain"``), in batches."""
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch):
+        chunk = torch.as_tensor(data[start : start + batch], device=device)
+        out.append(model.encode_text(chunk) if kind == "text" else model.encode_brain(chunk))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def validation_recall(
+    model: MNMModel, text: np.ndarray, brain: np.ndarray, kind: str, device
+) -> dict[int, float]:
+    """Text -> brain Recall@1/10 (%) on held-out studies."""
+    from nimare_mnm.evaluation import recall_at_k
+
+    t = embed_all(model, text, "text", device)
+    b = embed_all(model, brain, "brain", device)
+    sim = similarity(kind, t, b, model.curvature).cpu().numpy()
+    return recall_at_k(sim, (1, 10))
+
+
+class _Objective(torch.nn.Module):
+    """The loss as a module, so DistributedDataParallel sees the forward pass."""
+
+    def __init__(self, model: MNMModel, config: LossConfig, gather, offset: int) -> None:
+        super().__init__()
+        self.model, self.config, self.gather, self.offset = model, config, gather, offset
+
+    def forward(self, text, brain, breadth, region_mass):
+        return compute_losses(
+            self.model,
+            text,
+            brain,
+            self.config,
+            breadth=breadth,
+            region_mass=region_mass,
+            gather=self.gather,
+            offset=self.offset,
+        )
+
+
+def _check_finite(terms: dict, step: int, epoch: int) -> None:
+    for name, value in terms.items():
+        if not torch.isfinite(value):
+            raise FloatingPointError(
+                f"Training stopped at step {step} (epoch {epoch}): the {name!r} loss term is "
+                f"{value.item()}. Lower the learning rate or the term's weight."
+            )
+
+
+def _check_grads(model: torch.nn.Module, step: int, epoch: int) -> None:
+    for name, param in model.named_parameters():
+        if param.grad is not None and not torch.isfinite(param.grad).all():
+            raise FloatingPointError(
+                f"Training stopped at step {step} (epoch {epoch}): the gradient of {name!r} "
+                "is not finite. Lower the learning rate."
+            )
+
+
+def train(
+    text: np.ndarray,
+    brain: np.ndarray,
+    *,
+    model_config: MNMConfig | None = None,
+    loss_config: LossConfig | None = None,
+    train_config: TrainConfig | None = None,
+    layout: LevelLayout | None = None,
+    val_rows: np.ndarray | None = None,
+) -> TrainResult:
+    """Train the backbone on paired text embeddings and brain vectors.
+
+    Parameters
+    ----------
+    text : :class:`numpy.ndarray`
+        (n, text_dim) text embeddings of the training studies.
+    brain : :class:`numpy.ndarray`
+        (n, brain_dim) raw brain vectors of the same studies (see :func:`prepare_brain`).
+    model_config : :class:`~nimare_mnm.model.MNMConfig`, optional
+        Architecture; defaults to nimare-mnm's for these dimensions.
+    loss_config : :class:`~nimare_mnm.losses.LossConfig`, optional
+        Objective; defaults to the ``"nimare-mnm"`` preset.
+    train_config : :class:`TrainConfig`, optional
+        Optimisation settings.
+    layout : :class:`~nimare_mnm.model.LevelLayout`, optional
+        Level structure of the brain vector (needed by the level entailment term).
+    val_rows : :class:`numpy.ndarray`, optional
+        Rows used for validation; by default a seeded ``val_fraction`` of the rows.
+
+    Returns
+    -------
+    :class:`TrainResult`
+        The model at its best validation epoch, the per-epoch history and timings.
+    """
+    from nimare_mnm.losses import PRESETS
+
+    t_start = time.perf_counter()
+    cfg = train_config or TrainConfig()
+    loss_cfg = loss_config or PRESETS["nimare-mnm"]["loss"]
+    text = np.asarray(text, dtype=np.float32)
+    if text.ndim != 2 or len(text) != len(brain):
+        raise ValueError(
+            f"text ({getattr(text, 'shape', None)}) and brain ({np.shape(brain)}) must be 2D "
+            "with one row per study."
+        )
+    if not np.isfinite(text).all():
+        raise ValueError("Text embeddings contain NaN or infinite values.")
+    prepared = prepare_brain(brain, layout)
+    mcfg = model_config or MNMConfig(text_dim=text.shape[1], brain_dim=prepared["brain"].shape[1])
+    if (mcfg.text_dim, mcfg.brain_dim) != (text.shape[1], prepared["brain"].shape[1]):
+        raise ValueError(
+            f"model_config expects text_dim={mcfg.text_dim}, brain_dim={mcfg.brain_dim}; the "
+            f"data have {text.shape[1]} and {prepared['brain'].shape[1]}."
+        )
+    rank, world = _distributed()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        # Full fp32 in the Lorentz inner products: no TF32 rounding.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(cfg.seed)
+    model = MNMModel(mcfg, layout if loss_cfg.needs_levels else None).to(device)
+
+    n = len(text)
+    if val_rows is None:
+        perm = np.random.default_rng(cfg.seed + 1).permutation(n)
+        val_rows = np.sort(perm[: max(1, int(n * cfg.val_fraction))])
+    val_rows = np.asarray(val_rows, dtype=np.int64)
+    fit_rows = np.setdiff1d(np.arange(n), val_rows)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes.")
+    batch = min(cfg.batch_size, len(fit_rows) - len(fit_rows) % world)
+    local = batch // world
+    steps_per_epoch = len(fit_rows) // batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"Only {len(fit_rows)} training studies: fewer than one batch.")
+
+    def tensor(name):
+        return torch.as_tensor(prepared[name], device=device) if name in prepared else None
+
+    text_t = torch.as_tensor(text, device=device)
+    brain_t, breadth_t, mass_t = tensor("brain"), tensor("breadth"), tensor("region_mass")
+
+    scalars = {id(p) for p in model.scalar_parameters()}
+    decay = [p for p in model.parameters() if id(p) not in scalars and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if id(p) not in scalars and p.ndim <= 1]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+            {
+                "params": [p for p in model.scalar_parameters() if p.requires_grad],
+                "weight_decay": 0.0,
+            },
+        ],
+        lr=cfg.lr,
+    )
+    total_steps = cfg.epochs * steps_per_epoch
+
+    def lr_at(step):
+        warm = steps_per_epoch
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    objective = _Objective(model, loss_cfg, _gather if world > 1 else None, rank * local)
+    if world > 1:
+        # Gradients are averaged across processes; parameters a config leaves unused (the
+        # decoder of a retrieval-only model, the level tokens) are tolerated.
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, find_unused_parameters=True
+        )
+
+    show = cfg.show_progress
+    if show is None:
+        show = LGR.isEnabledFor(logging.INFO) and rank == 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, disable=not show, desc="training", leave=False)
+    history, best, best_state, best_epoch, bad_epochs, step = [], -1.0, None, -1, 0, 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = fit_rows[np.random.default_rng([cfg.seed, epoch]).permutation(len(fit_rows))]
+        sums: dict[str, float] = {}
+        for b in range(steps_per_epoch):
+            rows = order[b * batch : (b + 1) * batch][rank * local : (rank + 1) * local]
+            idx = torch.as_tensor(rows, device=device)
+            terms = objective(
+                text_t[idx],
+                brain_t[idx],
+                breadth_t[idx],
+                mass_t[idx] if mass_t is not None else None,
+            )
+            _check_finite(terms, step, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            _check_grads(model, step, epoch)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            bar.update(1)
+        recall = validation_recall(
+            model, text[val_rows], prepared["brain"][val_rows], loss_cfg.contrastive, device
+        )
+        with torch.no_grad():
+            radius = embed_all(model, prepared["brain"][val_rows], "brain", device)
+            radius = float(model.generality(radius).mean())
+        record = {
+            "epoch": epoch,
+            **{k: v / steps_per_epoch for k, v in sums.items()},
+            "val_recall_at_1": recall[1],
+            "val_recall_at_10": recall[10],
+            "curvature": float(model.curvature),
+            "logit_scale": float(model.logit_scale),
+            "mean_brain_radius": radius,
+        }
+        history.append(record)
+        bar.set_postfix(
+            loss=f"{record['total']:.3f}",
+            val_r10=f"{recall[10]:.1f}",
+            c=f"{record['curvature']:.2f}",
+            radius=f"{radius:.2f}",
+        )
+        LGR.debug(json.dumps(record))
+        if recall[10] > best:
+            best, best_epoch, bad_epochs = recall[10], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        model=model,
+        history=history,
+        best_epoch=best_epoch,
+        best_val_recall_at_10=best,
+        fit_seconds=time.perf_counter() - t_start,
+        nonfinite_steps=0,
+        val_rows=val_rows,
+        device=str(device),
+    )
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """Train on arrays saved as .npy files; used by ``torchrun -m nimare_mnm.training``."""
+    parser = argparse.ArgumentParser(description="Train the MNM backbone on saved arrays.")
+    parser.add_argument("--text", required=True, help=".npy text embeddings (n, text_dim)")
+    parser.add_argument("--brain", required=True, help=".npy brain vectors (n, brain_dim)")
+    parser.add_argument("--history", required=True, help="JSON file for the loss history")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--preset", default="meru")
+    args = parser.parse_args(argv)
+    from nimare_mnm.losses import PRESETS
+
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    text, brain = np.load(args.text), np.load(args.brain)
+    spec = PRESETS[args.preset]
+    result = train(
+        text,
+        brain,
+        model_config=MNMConfig(
+            text_dim=text.shape[1],
+            brain_dim=brain.shape[1],
+            dropout=0.0,
+            geometry=spec["geometry"],
+            decoder=spec["decoder"],
+            hidden_dim=32,
+            embed_dim=16,
+        ),
+        loss_config=spec["loss"],
+        train_config=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            patience=args.epochs,
+            device="cpu",
+            show_progress=False,
+        ),
+    )
+    rank, _ = _distributed()
+    if rank == 0:
+        with open(args.history, "w") as fh:
+            json.dump(result.history, fh)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _main()
