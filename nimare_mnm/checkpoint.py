@@ -308,7 +308,7 @@ def load_checkpoint(
     logged warning.
     """
     path = Path(path)
-    if False:
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint folder not found: {path}")
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint path is not a folder: {path}")

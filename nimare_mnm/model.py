@@ -318,3 +318,92 @@ class MNMModel(nn.Module):
         if self.config.geometry == "euclidean":
             return points.norm(dim=-1)
         return lorentz.dist0(points, self.curvature)
+
+
+def save_model(
+    model: MNMModel,
+    path,
+    *,
+    extra_config: dict | None = None,
+    extra_arrays: dict | None = None,
+):
+    """Save a model as a checkpoint folder (safetensors weights + JSON config).
+
+    Parameters
+    ----------
+    model : :class:`MNMModel`
+        The model.
+    path : path-like
+        Checkpoint folder (written atomically, replacing an existing checkpoint).
+    extra_config : :obj:`dict`, optional
+        More JSON-serialisable configuration (training settings, corpus, split...).
+    extra_arrays : :obj:`dict`, optional
+        More NumPy arrays to store beside the weights.
+
+    Returns
+    -------
+    :class:`pathlib.Path`
+        The checkpoint folder.
+    """
+    from nimare_mnm.checkpoint import save_checkpoint
+
+    arrays = dict(extra_arrays or {})
+    config = {"model": model.config.to_dict(), **(extra_config or {})}
+    if model.layout is not None:
+        arrays["layout.compartment"] = model.layout.compartment
+        for level, regions in model.layout.regions.items():
+            arrays[f"layout.regions.{level}"] = regions
+        config["layout_names"] = model.layout.names
+    return save_checkpoint(path, model.state_dict(), config, arrays)
+
+
+def load_model(path, map_location: str = "cpu") -> tuple[MNMModel, dict, dict]:
+    """Load a checkpoint written by :func:`save_model`.
+
+    Parameters
+    ----------
+    path : path-like
+        Checkpoint folder.
+    map_location : :obj:`str`, default="cpu"
+        Device of the loaded weights.
+
+    Returns
+    -------
+    model : :class:`MNMModel`
+        In evaluation mode.
+    config : :obj:`dict`
+        The stored configuration.
+    arrays : :obj:`dict`
+        The extra arrays (without the layout's).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing, corrupt or incompatible checkpoint (the message names the problem).
+    """
+    from nimare_mnm.checkpoint import load_checkpoint, state_shapes
+
+    state, config, arrays = load_checkpoint(path, map_location=map_location)
+    if "model" not in config:
+        raise ValueError(f"{path} is not an nimare-mnm model checkpoint (no model config).")
+    try:
+        mcfg = MNMConfig(**config["model"])
+    except TypeError as exc:
+        raise ValueError(f"The model configuration in {path} is incompatible: {exc}") from exc
+    layout = None
+    if "layout.compartment" in arrays:
+        layout = LevelLayout(
+            arrays.pop("layout.compartment"),
+            {k.split(".")[-1]: arrays.pop(k) for k in list(arrays) if k.startswith("layout.")},
+            config["layout_names"],
+        )
+    model = MNMModel(mcfg, layout)
+    expected = state_shapes(model)
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        bad = sorted(set(expected) ^ set(found)) + sorted(
+            k for k in set(expected) & set(found) if expected[k] != found[k]
+        )
+        raise ValueError(f"The weights in {path} do not match the model configuration: {bad[:5]}")
+    model.load_state_dict(state)
+    return model.eval(), config, arrays
