@@ -407,15 +407,22 @@ class PeakDensity:
         maps : :class:`scipy.sparse.csr_matrix` or :class:`numpy.ndarray`
             float32, one row per study.
         """
-        all_ids, parts = [], []
+        all_ids, parts, data, indices, counts = [], [], [], [], []
         for ids, maps in self.iter_chunks(studyset):
             all_ids.append(ids)
-            parts.append(reduce(maps) if reduce is not None else sp.csr_matrix(maps))
-        if not parts:
+            if reduce is not None:
+                parts.append(reduce(maps))
+                continue
+            chunk = sp.csr_matrix(maps)
+            data.append(chunk.data)
+            indices.append(chunk.indices.astype(np.int32))
+            counts.append(np.diff(chunk.indptr))
+        if not all_ids:
             raise ValueError("The studyset has no studies.")
         ids = all_ids[0].append(all_ids[1:]) if len(all_ids) > 1 else all_ids[0]
-        stacked = sp.vstack(parts, format="csr") if reduce is None else np.vstack(parts)
-        return ids, stacked
+        if reduce is not None:
+            return ids, np.vstack(parts)
+        return ids, _assemble_csr(data, indices, counts, self.n_voxels)
 
     def to_img(self, values: np.ndarray) -> nib.Nifti1Image:
         """Put one vector of mask values (or a 2D stack) back into an image on the grid."""
@@ -426,6 +433,29 @@ class PeakDensity:
         out = np.zeros(mask.shape + values.shape[:-1], dtype=np.float32)
         out[mask] = values.T if values.ndim == 2 else values
         return nib.Nifti1Image(out, self.mask_img.affine)
+
+
+def _assemble_csr(data: list, indices: list, counts: list, n_cols: int) -> sp.csr_matrix:
+    """Concatenate CSR chunks while freeing them, so the peak stays near one copy.
+
+    ``numpy.empty`` only commits memory as it is written, and each chunk is released once
+    copied, so the whole corpus never exists twice.
+    """
+    nnz = sum(len(d) for d in data)
+    out_data = np.empty(nnz, dtype=np.float32)
+    # scipy wants one index dtype for indices and indptr; int32 avoids a copy when it fits.
+    index_dtype = np.int32 if max(nnz, n_cols) < 2**31 else np.int64
+    out_indices = np.empty(nnz, dtype=index_dtype)
+    pos = 0
+    while data:
+        d, i = data.pop(0), indices.pop(0)
+        out_data[pos : pos + len(d)] = d
+        out_indices[pos : pos + len(d)] = i
+        pos += len(d)
+        del d, i
+    indptr = np.zeros(sum(len(c) for c in counts) + 1, dtype=index_dtype)
+    np.cumsum(np.concatenate(counts), out=indptr[1:])
+    return sp.csr_matrix((out_data, out_indices, indptr), shape=(len(indptr) - 1, n_cols))
 
 
 # --------------------------------------------------------------------------- levels
