@@ -364,8 +364,12 @@ def train(
             optimizer.step()
             scheduler.step()
             step += 1
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            logged = torch.stack([v.detach() for v in terms.values()])
+            if world > 1:  # report the global batch's loss, not this process's share
+                torch.distributed.all_reduce(logged)
+                logged /= world
+            for name, value in zip(terms, logged.tolist()):
+                sums[name] = sums.get(name, 0.0) + value
             bar.update(1)
         recall = validation_recall(
             model, text[val_rows], prepared["brain"][val_rows], loss_cfg.contrastive, device
