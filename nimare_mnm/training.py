@@ -388,10 +388,12 @@ def train(
         }
         history.append(record)
         bar.set_postfix(
-            loss=f"{record['total']:.3f}",
-            val_r10=f"{recall[10]:.1f}",
-            c=f"{record['curvature']:.2f}",
-            radius=f"{radius:.2f}",
+            {
+                **{k: f"{record[k]:.3f}" for k in sums},
+                "val_R@10": f"{recall[10]:.1f}",
+                "c": f"{record['curvature']:.2f}",
+                "radius": f"{radius:.2f}",
+            }
         )
         LGR.debug(json.dumps(record))
         # Select on validation Recall@10, ties broken by Recall@1 (small validation sets
