@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -283,6 +284,13 @@ def train(
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(cfg.seed)
+    if loss_cfg.needs_levels and layout is None:
+        warnings.warn(
+            "The level entailment term (w_entail_levels="
+            f"{loss_cfg.w_entail_levels}) is skipped: no level layout was given.",
+            UserWarning,
+            stacklevel=2,
+        )
     model = MNMModel(mcfg, layout if loss_cfg.needs_levels else None).to(device)
 
     n = len(text)

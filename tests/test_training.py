@@ -22,6 +22,19 @@ def linked_corpus(n=400, text_dim=48, brain_dim=120, seed=0):
     return text, brain
 
 
+def tiny_layout(rng, dim=20):
+    """Three compartments: two cortical networks and the subcortical structures."""
+    return LevelLayout(
+        rng.integers(0, 3, dim),
+        {
+            "yeo7": np.array([0, 1, -1]),
+            "yeo17": np.array([0, 1, -1]),
+            "subcortical": np.array([-1, -1, 0]),
+        },
+        {"yeo7": ["A", "B"], "yeo17": ["a", "b"], "subcortical": ["s"]},
+    )
+
+
 def small(text, brain, **kw):
     return MNMConfig(text.shape[1], brain.shape[1], embed_dim=16, hidden_dim=64, **kw)
 
@@ -29,15 +42,16 @@ def small(text, brain, **kw):
 def test_learns_linked_pairs():
     text, brain = linked_corpus()
     spec = PRESETS["nimare-mnm"]
-    res = train(
-        text,
-        brain,
-        model_config=small(text, brain),
-        loss_config=spec["loss"],
-        train_config=TrainConfig(
-            epochs=40, batch_size=64, lr=3e-3, patience=40, show_progress=False
-        ),
-    )
+    with pytest.warns(UserWarning, match="no level layout"):
+        res = train(
+            text,
+            brain,
+            model_config=small(text, brain),
+            loss_config=spec["loss"],
+            train_config=TrainConfig(
+                epochs=40, batch_size=64, lr=3e-3, patience=40, show_progress=False
+            ),
+        )
     losses = [h["total"] for h in res.history]
     assert losses[-1] < 0.5 * losses[0]
     model = res.model
@@ -189,15 +203,7 @@ def test_level_encoding_equals_masked_maps():
 
 def test_losses_use_levels_and_directions():
     rng = np.random.default_rng(0)
-    layout = LevelLayout(
-        rng.integers(0, 3, 20),
-        {
-            "yeo7": np.array([0, 1, -1]),
-            "yeo17": np.array([0, 1, -1]),
-            "subcortical": np.array([-1, -1, 0]),
-        },
-        {"yeo7": ["A", "B"], "yeo17": ["a", "b"], "subcortical": ["s"]},
-    )
+    layout = tiny_layout(rng)
     model = MNMModel(MNMConfig(8, 20, embed_dim=6, hidden_dim=16), layout)
     prepared = prepare_brain(rng.random((6, 20)).astype(np.float32) + 0.01, layout)
     text = torch.as_tensor(rng.random((6, 8)), dtype=torch.float32)
@@ -297,15 +303,7 @@ def test_checkpoint_round_trip_gives_identical_embeddings(tmp_path):
     from nimare_mnm.model import load_model, save_model
 
     rng = np.random.default_rng(0)
-    layout = LevelLayout(
-        rng.integers(0, 3, 20),
-        {
-            "yeo7": np.array([0, 1, -1]),
-            "yeo17": np.array([0, 1, -1]),
-            "subcortical": np.array([-1, -1, 0]),
-        },
-        {"yeo7": ["A", "B"], "yeo17": ["a", "b"], "subcortical": ["s"]},
-    )
+    layout = tiny_layout(rng)
     model = MNMModel(MNMConfig(8, 20, embed_dim=6, hidden_dim=16), layout).eval()
     save_model(
         model,
