@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("nimare", "nilearn", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import numpy as np
+    import torch
+
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
     try:
         if args.command == "demo":
             if args.queries and any(not q.strip() for q in args.queries):
