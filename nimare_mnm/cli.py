@@ -76,9 +76,15 @@ def _plot(img, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import numpy as np
     from nilearn import plotting
 
-    display = plotting.plot_glass_brain(img, title=title, colorbar=True, plot_abs=False)
+    values = np.asanyarray(img.dataobj)
+    # Show the top 10 % of the in-brain values: a density map is positive everywhere.
+    threshold = float(np.percentile(values[values > 0], 90))
+    display = plotting.plot_glass_brain(
+        img, title=title, colorbar=True, plot_abs=False, threshold=threshold, cmap="hot"
+    )
     display.savefig(str(path), dpi=80)
     display.close()
 

@@ -120,9 +120,9 @@ def prepare_brain(vectors: np.ndarray, layout: LevelLayout | None = None) -> dic
     Returns
     -------
     :obj:`dict`
-        ``brain`` (signed square root, then unit L2 norm per row), ``breadth`` (effective fraction of active
-        components, from the entropy of the map) and, with a layout, ``region_mass``
-        (fraction of each map's activation in each region).
+        ``brain`` (signed square root, then unit L2 norm per row), ``breadth``
+        (effective fraction of active components, from the entropy of the map) and, with a
+        layout, ``region_mass`` (fraction of each map's activation in each region).
     """
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2:
