@@ -132,6 +132,14 @@ def test_fast_path_equals_nimare_conversion(data_dir, tmp_path):
     # same cache is reused, not rebuilt
     again = load_neuroquery(tmp_path, cache_dir=tmp_path / "cache", download=False)
     assert len(list((tmp_path / "cache").iterdir())) == 1 and len(again.ids) == 35
+    # the legacy Dataset on request
+    from nimare.dataset import Dataset
+
+    dset = load_neuroquery(
+        tmp_path, cache_dir=tmp_path / "cache", download=False, return_type="dataset"
+    )
+    assert isinstance(dset, Dataset) and sorted(dset.ids) == sorted(ours.ids)
+    assert len(dset.coordinates) == len(expected)
 
 
 @requires_data
