@@ -337,7 +337,9 @@ class PeakDensity:
         if self.kernel != "gaussian":
             yield from self._iter_nimare(studyset)
             return
-        ids, index, xyz = study_coordinates(studyset)
+        yield from self._gaussian_chunks(*study_coordinates(studyset))
+
+    def _gaussian_chunks(self, ids, index, xyz):
         if not np.isfinite(xyz).all():
             raise ValueError("Peak coordinates contain NaN or infinite values.")
         offsets, weights, lut, rad, padded = self._kernel()
@@ -407,22 +409,29 @@ class PeakDensity:
         maps : :class:`scipy.sparse.csr_matrix` or :class:`numpy.ndarray`
             float32, one row per study.
         """
-        all_ids, parts, data, indices, counts = [], [], [], [], []
-        for ids, maps in self.iter_chunks(studyset):
+        if self.kernel == "gaussian":
+            coords = study_coordinates(studyset)
+            chunks = self._gaussian_chunks(*coords)
+            # Each peak touches at most len(offsets) voxels. numpy.empty only commits the
+            # pages that get written, so this bound costs no memory beyond the result.
+            capacity = len(coords[2]) * len(self._kernel()[0])
+        else:
+            chunks, capacity = self._iter_nimare(studyset), None
+        all_ids, parts = [], []
+        if reduce is None:
+            sparse = _CSRBuilder(self.n_voxels, capacity)
+        for ids, maps in chunks:
             all_ids.append(ids)
             if reduce is not None:
                 parts.append(reduce(maps))
-                continue
-            chunk = sp.csr_matrix(maps)
-            data.append(chunk.data)
-            indices.append(chunk.indices.astype(np.int32))
-            counts.append(np.diff(chunk.indptr))
+            else:
+                sparse.append(maps)
         if not all_ids:
             raise ValueError("The studyset has no studies.")
         ids = all_ids[0].append(all_ids[1:]) if len(all_ids) > 1 else all_ids[0]
         if reduce is not None:
             return ids, np.vstack(parts)
-        return ids, _assemble_csr(data, indices, counts, self.n_voxels)
+        return ids, sparse.finish()
 
     def to_img(self, values: np.ndarray) -> nib.Nifti1Image:
         """Put one vector of mask values (or a 2D stack) back into an image on the grid."""
@@ -435,27 +444,51 @@ class PeakDensity:
         return nib.Nifti1Image(out, self.mask_img.affine)
 
 
-def _assemble_csr(data: list, indices: list, counts: list, n_cols: int) -> sp.csr_matrix:
-    """Concatenate CSR chunks while freeing them, so the peak stays near one copy.
+class _CSRBuilder:
+    """Append dense float32 row blocks into one CSR matrix without holding two copies.
 
-    ``numpy.empty`` only commits memory as it is written, and each chunk is released once
-    copied, so the whole corpus never exists twice.
+    With a known upper bound on the non-zeros, values go straight into arrays made by
+    :func:`numpy.empty`, whose untouched pages are never committed; otherwise the blocks
+    are kept and concatenated at the end.
     """
-    nnz = sum(len(d) for d in data)
-    out_data = np.empty(nnz, dtype=np.float32)
-    # scipy wants one index dtype for indices and indptr; int32 avoids a copy when it fits.
-    index_dtype = np.int32 if max(nnz, n_cols) < 2**31 else np.int64
-    out_indices = np.empty(nnz, dtype=index_dtype)
-    pos = 0
-    while data:
-        d, i = data.pop(0), indices.pop(0)
-        out_data[pos : pos + len(d)] = d
-        out_indices[pos : pos + len(d)] = i
-        pos += len(d)
-        del d, i
-    indptr = np.zeros(sum(len(c) for c in counts) + 1, dtype=index_dtype)
-    np.cumsum(np.concatenate(counts), out=indptr[1:])
-    return sp.csr_matrix((out_data, out_indices, indptr), shape=(len(indptr) - 1, n_cols))
+
+    def __init__(self, n_cols: int, capacity: int | None = None) -> None:
+        self.n_cols, self.capacity = n_cols, capacity
+        self.index_dtype = np.int32 if max(capacity or 0, n_cols) < 2**31 else np.int64
+        if capacity is not None:
+            self.data = np.empty(capacity, dtype=np.float32)
+            self.indices = np.empty(capacity, dtype=self.index_dtype)
+        else:
+            self.data, self.indices = [], []
+        self.counts, self.nnz = [], 0
+
+    def append(self, block: np.ndarray) -> None:
+        rows, cols = np.nonzero(block)
+        values = block[rows, cols]
+        self.counts.append(np.bincount(rows, minlength=block.shape[0]))
+        if self.capacity is not None:
+            stop = self.nnz + len(values)
+            if stop > self.capacity:  # pragma: no cover - the bound is exact by design
+                raise RuntimeError("Sparse capacity exceeded.")
+            self.data[self.nnz : stop] = values
+            self.indices[self.nnz : stop] = cols
+        else:
+            self.data.append(values.astype(np.float32))
+            self.indices.append(cols.astype(self.index_dtype))
+        self.nnz += len(values)
+
+    def finish(self) -> sp.csr_matrix:
+        if self.capacity is not None:
+            data, indices = self.data[: self.nnz], self.indices[: self.nnz]
+        else:
+            data = np.concatenate(self.data) if self.data else np.zeros(0, np.float32)
+            indices = (
+                np.concatenate(self.indices) if self.indices else np.zeros(0, self.index_dtype)
+            )
+        counts = np.concatenate(self.counts)
+        indptr = np.zeros(len(counts) + 1, dtype=self.index_dtype)
+        np.cumsum(counts, out=indptr[1:])
+        return sp.csr_matrix((data, indices, indptr), shape=(len(counts), self.n_cols))
 
 
 # --------------------------------------------------------------------------- levels
