@@ -115,13 +115,9 @@ def _nilearn_atlas(name: str):
     if name.startswith("schaefer"):
         bunch = datasets.fetch_atlas_schaefer_2018(n_rois=int(name[8:]), resolution_mm=2)
         return bunch.maps, ["empty"] + [str(x) for x in bunch.labels][-int(name[8:]) :]
-    if name == "harvard_oxford_sub":
-        bunch = datasets.fetch_atlas_harvard_oxford("sub-maxprob-thr25-2mm")
-        labels = [str(x).replace(" ", "_") for x in bunch.labels]
-        labels = ["null"] + [x.replace("Brain-Stem", "Brain-Stem") for x in labels[1:]]
-        return bunch.maps, labels
-    if name == "harvard_oxford_cort":
-        bunch = datasets.fetch_atlas_harvard_oxford("cort-maxprob-thr25-2mm")
+    if name.startswith("harvard_oxford_"):
+        kind = name.rsplit("_", 1)[1]  # "sub" or "cort"
+        bunch = datasets.fetch_atlas_harvard_oxford(f"{kind}-maxprob-thr25-2mm")
         return bunch.maps, ["null"] + [str(x).replace(" ", "_") for x in bunch.labels[1:]]
     raise ValueError(f"Unknown atlas {name!r}; choose from {sorted(_ATLAS_FILES)}.")
 

@@ -57,9 +57,8 @@ def _demo(args: argparse.Namespace) -> dict:
         _plot(img, out / f"{stem}.png", query)
         per_level = {}
         for level in ("yeo7", "subcortical"):
-            region_means = (
-                levels.region_masks(level) @ mean_map / levels.region_masks(level).sum(1)
-            )
+            masks = levels.region_masks(level)
+            region_means = masks @ mean_map / masks.sum(1)
             best = np.argsort(-region_means)[:3]
             per_level[level] = [levels.names_[level][b] for b in best]
         summary["queries"][query] = {

@@ -90,6 +90,7 @@ class TrainResult:
     best_epoch: int = -1
     best_val_recall_at_10: float = float("nan")
     fit_seconds: float = float("nan")
+    # Always 0 when train() returns: a non-finite loss or gradient raises instead.
     nonfinite_steps: int = 0
     val_rows: np.ndarray | None = None
     device: str = "cpu"
