@@ -14,5 +14,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
 from nimare_mnm.datasets import load_neuroquery, load_neurosynth  # noqa: E402
+from nimare_mnm.decoder import MNMDecoder  # noqa: E402
+from nimare_mnm.encoder import MNMEncoder  # noqa: E402
 
-__all__ = ["__version__", "load_neuroquery", "load_neurosynth"]
+__all__ = ["__version__", "MNMDecoder", "MNMEncoder", "load_neuroquery", "load_neurosynth"]

@@ -695,13 +695,17 @@ class TextEncoder:
                 raise ValueError(f"texts[{i}] is empty or only whitespace: {text!r:.80}.")
         return [str(text) for text in texts]
 
-    def encode(self, texts: str | Iterable[str]) -> np.ndarray:
+    def encode(self, texts: str | Iterable[str], cache: bool | None = None) -> np.ndarray:
         """Embed texts.
 
         Parameters
         ----------
         texts : :obj:`str` or sequence of :obj:`str`
             One text or several. Texts must be non-empty strings.
+        cache : :obj:`bool`, optional
+            Use the disk cache for this call; ``None`` (default) follows the encoder's
+            ``cache`` setting. Interactive queries pass False: they are cheap to embed and
+            not worth a cache write each.
 
         Returns
         -------
@@ -725,7 +729,7 @@ class TextEncoder:
         unique_keys = list(unique)
         first_text = dict(zip(hashes, texts, strict=True))
 
-        store = self._cache_store()
+        store = self._cache_store() if cache is not False else None
         cached, found = (None, np.zeros(len(unique_keys), dtype=bool))
         if store is not None:
             cached, found = store.lookup(unique_keys)

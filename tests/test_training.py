@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from nimare_mnm import lorentz
-from nimare_mnm.losses import PRESETS, LossConfig, compute_losses, preset
+from nimare_mnm.losses import PRESETS, LossConfig, compute_losses, preset, similarity
 from nimare_mnm.model import LevelLayout, MNMConfig, MNMModel
 from nimare_mnm.training import TrainConfig, prepare_brain, train
 
@@ -58,7 +57,7 @@ def test_learns_linked_pairs():
     with torch.no_grad():
         t = model.encode_text(torch.as_tensor(text))
         b = model.encode_brain(torch.as_tensor(prepare_brain(brain)["brain"]))
-        sim = -lorentz.pairwise_dist(t, b, model.curvature)
+        sim = similarity(spec["loss"].contrastive, t, b, model.curvature)
     fit = np.setdiff1d(np.arange(len(text)), res.val_rows)
     top1 = sim.argmax(1).numpy()
     assert np.mean(top1[fit] == fit) >= 0.9
@@ -129,12 +128,12 @@ def test_nonfinite_loss_stops_with_the_step_and_term(monkeypatch):
         terms = compute_losses(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 3:
-            terms["reconstruction"] = terms["reconstruction"] * float("nan")
+            terms["contrastive"] = terms["contrastive"] * float("nan")
         return terms
 
     monkeypatch.setattr(training, "compute_losses", poisoned)
     text, brain = linked_corpus(n=200)
-    with pytest.raises(FloatingPointError, match="step 2 .*'reconstruction'"):
+    with pytest.raises(FloatingPointError, match="step 2 .*'contrastive'"):
         train(
             text,
             brain,

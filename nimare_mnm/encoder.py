@@ -1,0 +1,719 @@
+"""MNMEncoder: text -> brain maps per level, and study retrieval for ALE/MKDA, NiMARE-style."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from nimare.base import NiMAREBase
+
+LGR = logging.getLogger(__name__)
+
+__all__ = ["MNMEncoder", "PRETRAINED_DIR", "validate_texts"]
+
+#: Folder of the pretrained model shipped inside the package.
+PRETRAINED_DIR = Path(__file__).parent / "data" / "pretrained"
+
+#: Levels of the predicted maps, besides the whole brain, and their atlas.
+MAP_LEVELS = ("yeo7", "yeo17", "subcortical")
+
+#: Number of retrieved training studies whose mean map stands in for the decoder head of a
+#: model trained without one.
+N_NEIGHBOURS = 10
+
+
+def validate_texts(text) -> tuple[list[str], bool]:
+    """Check query texts: one string or a list of strings, none empty.
+
+    Returns
+    -------
+    texts : :obj:`list` of :obj:`str`
+    single : :obj:`bool`
+        True when one string was given.
+    """
+    single = isinstance(text, str)
+    texts = [text] if single else text
+    if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"Expected a string or a list of strings, got {type(text).__name__}.")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("No text given: expected a string or a non-empty list of strings.")
+    for i, item in enumerate(texts):
+        if not isinstance(item, str):
+            raise TypeError(f"Text {i} is a {type(item).__name__}, not a string.")
+        if not item.strip():
+            raise ValueError(f"Text {i} is empty or only whitespace.")
+    return texts, single
+
+
+def _ids_digest(ids) -> str:
+    joined = "\n".join(str(i) for i in ids).encode()
+    return hashlib.sha256(joined).hexdigest()
+
+
+class MNMEncoder(NiMAREBase):
+    """Text-to-brain encoder on a shared Lorentz hyperbolic space (MNM, Baek et al. 2025).
+
+    ``fit`` embeds every study's text (all-MiniLM-L6-v2 by default) and turns its peaks into a
+    density map (Gaussian, ``fwhm``), then trains the hyperbolic backbone
+    (:mod:`nimare_mnm.training`). ``transform`` predicts a brain map for a free-text query at
+    the whole-brain, Yeo-7, Yeo-17 and subcortical levels; ``retrieve`` returns the training
+    studies most related to a query as a Studyset that NiMARE's ALE and MKDA fit directly.
+
+    Parameters
+    ----------
+    preset : {"nimare-mnm", "mnm", "meru", "clip"}, default="nimare-mnm"
+        Objective and geometry (see :data:`nimare_mnm.losses.PRESETS`).
+    text_model : :obj:`str`, default="all-MiniLM-L6-v2"
+        Sentence encoder: the offline default, a local folder or a Hugging Face name.
+    embed_dim : :obj:`int`, default=128
+        Dimension of the hyperbolic space.
+    hidden_dim : :obj:`int`, default=256
+        Width of the encoders.
+    epochs : :obj:`int`, default=40
+        Maximum number of epochs (training stops early on the validation split).
+    batch_size : :obj:`int`, default=512
+        Studies per contrastive batch.
+    learning_rate : :obj:`float`, default=1e-3
+        AdamW learning rate.
+    val_fraction : :obj:`float`, default=0.1
+        Fraction of the studies held out for early stopping and model selection.
+    fwhm : :obj:`float`, default=9.0
+        FWHM (mm) of the Gaussian put on every peak.
+    block_mm : :obj:`float`, default=12.0
+        Edge of the supervoxel cubes of the brain vector.
+    data_dir : :obj:`str`, optional
+        Where the atlases and corpora are (argument, then ``NIMARE_MNM_DATA``, then NiMARE's
+        defaults).
+    device : :obj:`str`, default="auto"
+        "auto" (CUDA when available), "cpu" or "cuda".
+    seed : :obj:`int`, default=0
+        Seed of the initialisation, the validation split and the batch order.
+
+    Attributes
+    ----------
+    model_ : :class:`~nimare_mnm.model.MNMModel`
+        The trained backbone (evaluation mode, on the CPU).
+    vectorizer_ : :class:`~nimare_mnm.brain.BrainVectorizer`
+        Brain vector <-> voxels.
+    region_labels_ : :obj:`dict`
+        For each level of :data:`MAP_LEVELS`, the region of each mask voxel (-1: none).
+    region_names_ : :obj:`dict`
+        For each level, the region names.
+    study_ids_ : :class:`numpy.ndarray`
+        Ids of the training studies.
+    study_text_points_, study_brain_points_ : :class:`numpy.ndarray`
+        Their text and brain points in the shared space.
+    studyset_ : :class:`nimare.nimads.Studyset` or None
+        The training studies (None for a model loaded from a checkpoint, which asks for the
+        corpus when :meth:`retrieve` needs it).
+    training_ : :obj:`dict`
+        Training record: history, best epoch, validation Recall@10, timings, corpus.
+
+    Examples
+    --------
+    >>> from nimare_mnm import MNMEncoder
+    >>> enc = MNMEncoder.load_pretrained()  # doctest: +SKIP
+    >>> res = enc.transform("finger tapping")  # doctest: +SKIP
+    >>> res.get_map("z")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        preset: str = "nimare-mnm",
+        text_model: str = "all-MiniLM-L6-v2",
+        embed_dim: int = 128,
+        hidden_dim: int = 256,
+        epochs: int = 40,
+        batch_size: int = 512,
+        learning_rate: float = 1e-3,
+        val_fraction: float = 0.1,
+        fwhm: float = 9.0,
+        block_mm: float = 12.0,
+        data_dir: str | None = None,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.preset = preset
+        self.text_model = text_model
+        self.embed_dim = embed_dim
+        self.hidden_dim = hidden_dim
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.val_fraction = val_fraction
+        self.fwhm = fwhm
+        self.block_mm = block_mm
+        self.data_dir = data_dir
+        self.device = device
+        self.seed = seed
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        # The sentence encoder reloads itself; the masker is rebuilt on demand.
+        state.pop("_text_encoder", None)
+        state.pop("_masker", None)
+        return state
+
+    # ------------------------------------------------------------------ fitting
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise RuntimeError(
+                f"This {type(self).__name__} is not fitted: call fit(studyset) or use "
+                f"{type(self).__name__}.load_pretrained()."
+            )
+
+    def fit(self, studyset, drop_invalid: bool = True) -> MNMEncoder:
+        """Train the backbone on a collection of studies.
+
+        Parameters
+        ----------
+        studyset : :class:`nimare.nimads.Studyset`, :class:`nimare.dataset.Dataset` or path
+            Studies with coordinates and text (abstracts, or titles, keywords and terms as
+            :func:`nimare_mnm.load_neuroquery` builds them).
+        drop_invalid : :obj:`bool`, default=True
+            Leave out studies without any peak inside the brain mask (they have no map to
+            learn from); when False such studies are an error.
+
+        Returns
+        -------
+        self
+        """
+        from nimare_mnm.brain import BrainLevels, BrainVectorizer, PeakDensity
+        from nimare_mnm.datasets import as_studyset
+        from nimare_mnm.features import corpus_arrays
+        from nimare_mnm.losses import preset as get_preset
+        from nimare_mnm.model import LevelLayout, MNMConfig
+        from nimare_mnm.training import TrainConfig, train
+
+        t0 = time.perf_counter()
+        spec = get_preset(self.preset)
+        studyset = as_studyset(studyset)
+        n_given = len(np.unique(studyset.study_ids))
+        levels = BrainLevels(self.data_dir).fit()
+        vectorizer = BrainVectorizer(block_mm=self.block_mm, data_dir=self.data_dir).fit(levels)
+        arrays = corpus_arrays(
+            studyset,
+            encoder=self._get_text_encoder(),
+            vectorizer=vectorizer,
+            density=PeakDensity(fwhm=self.fwhm),
+        )
+        if len(arrays.ids) < n_given and not drop_invalid:
+            raise ValueError(
+                f"{n_given - len(arrays.ids)} studies have no peak inside the brain mask."
+            )
+        if len(arrays.ids) < 20:
+            raise ValueError(
+                f"Only {len(arrays.ids)} studies with peaks inside the brain: too few to train."
+            )
+        layout = LevelLayout.from_vectorizer(vectorizer, levels)
+        model_config = MNMConfig(
+            text_dim=arrays.text.shape[1],
+            brain_dim=arrays.brain.shape[1],
+            embed_dim=self.embed_dim,
+            hidden_dim=self.hidden_dim,
+            geometry=spec["geometry"],
+            decoder=spec["decoder"],
+        )
+        train_config = TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.learning_rate,
+            val_fraction=self.val_fraction,
+            seed=self.seed,
+            device=self.device,
+        )
+        result = train(
+            arrays.text,
+            arrays.brain,
+            model_config=model_config,
+            loss_config=spec["loss"],
+            train_config=train_config,
+            layout=layout,
+        )
+        self._set_fitted(
+            model=result.model.cpu(),
+            similarity=spec["loss"].contrastive,
+            vectorizer=vectorizer,
+            region_labels={lv: levels.labels_[lv] for lv in MAP_LEVELS},
+            region_names={lv: list(levels.names_[lv]) for lv in MAP_LEVELS},
+            study_ids=arrays.ids,
+            text=arrays.text,
+            brain=arrays.brain,
+        )
+        self.studyset_ = studyset
+        self.training_ = {
+            "n_studies": len(arrays.ids),
+            "study_ids_sha256": _ids_digest(arrays.ids),
+            "best_epoch": result.best_epoch,
+            "best_val_recall_at_10": result.best_val_recall_at_10,
+            "train_seconds": result.fit_seconds,
+            "fit_seconds": time.perf_counter() - t0,
+            "device": result.device,
+            "history": result.history,
+            "preset": self.preset,
+            "loss": spec["loss"].__dict__.copy(),
+            "train_config": train_config.to_dict(),
+        }
+        return self
+
+    def _set_fitted(
+        self,
+        *,
+        model,
+        similarity: str,
+        vectorizer,
+        region_labels: dict,
+        region_names: dict,
+        study_ids,
+        text: np.ndarray | None = None,
+        brain: np.ndarray | None = None,
+        text_points: np.ndarray | None = None,
+        brain_points: np.ndarray | None = None,
+        study_vectors: np.ndarray | None = None,
+    ) -> None:
+        """Store the fitted state; points are computed from text/brain when not given."""
+        from nimare_mnm.training import embed_all, prepare_brain
+
+        model.eval()
+        self.model_ = model
+        self.similarity_ = similarity
+        self.vectorizer_ = vectorizer
+        self.region_labels_ = region_labels
+        self.region_names_ = region_names
+        self.study_ids_ = np.asarray([str(i) for i in study_ids], dtype=object)
+        with torch.no_grad():
+            if text_points is None:
+                text_points = embed_all(model, text, "text", "cpu").numpy()
+            if brain_points is None:
+                prepared = prepare_brain(brain)["brain"]
+                brain_points = embed_all(model, prepared, "brain", "cpu").numpy()
+        self.study_text_points_ = np.asarray(text_points, dtype=np.float32)
+        self.study_brain_points_ = np.asarray(brain_points, dtype=np.float32)
+        if model.decoder is None:
+            # Without a decoder head, maps are the mean of the nearest training studies'.
+            if study_vectors is None:
+                study_vectors = prepare_brain(brain)["brain"].astype(np.float16)
+            self.study_vectors_ = np.asarray(study_vectors, dtype=np.float16)
+        voxel_regions = {lv: np.asarray(v, dtype=np.int64) for lv, v in region_labels.items()}
+        self._region_index = {
+            lv: [np.flatnonzero(v == r) for r in range(len(region_names[lv]))]
+            for lv, v in voxel_regions.items()
+        }
+
+    # ------------------------------------------------------------------ helpers
+    def _get_text_encoder(self):
+        from nimare_mnm.text import TextEncoder
+
+        if getattr(self, "_text_encoder", None) is None:
+            self._text_encoder = TextEncoder(self.text_model, device=self.device)
+        return self._text_encoder
+
+    @property
+    def masker_(self):
+        """NiftiMasker of the MNI152 2 mm brain mask that every map lives in."""
+        if getattr(self, "_masker", None) is None:
+            from nimare.utils import get_masker
+
+            from nimare_mnm.brain import load_mask
+
+            self._masker = get_masker(load_mask())
+        return self._masker
+
+    def _similarity(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        from nimare_mnm.losses import similarity
+
+        with torch.no_grad():
+            return similarity(
+                self.similarity_,
+                torch.as_tensor(queries),
+                torch.as_tensor(keys),
+                self.model_.curvature,
+            ).numpy()
+
+    def embed_text(self, text) -> np.ndarray:
+        """Points of texts in the shared space, shape (n_texts, embed_dim).
+
+        Parameters
+        ----------
+        text : :obj:`str` or :obj:`list` of :obj:`str`
+            Queries.
+
+        Returns
+        -------
+        :class:`numpy.ndarray`
+        """
+        self._check_fitted()
+        texts, _ = validate_texts(text)
+        embeddings = self._get_text_encoder().encode(texts, cache=False)
+        with torch.no_grad():
+            return self.model_.encode_text(torch.as_tensor(embeddings)).numpy()
+
+    def generality(self, text) -> np.ndarray:
+        """Hyperbolic distance of each text's point to the origin (lower: more general)."""
+        points = self.embed_text(text)
+        with torch.no_grad():
+            return self.model_.generality(torch.as_tensor(points)).numpy()
+
+    def _predict_vectors(self, points: np.ndarray) -> np.ndarray:
+        """Predicted (square-root scale) brain vectors from text points."""
+        if self.model_.decoder is not None:
+            with torch.no_grad():
+                return self.model_.decode(torch.as_tensor(points)).numpy()
+        scores = self._similarity(points, self.study_brain_points_)
+        top = np.argpartition(-scores, N_NEIGHBOURS - 1, axis=1)[:, :N_NEIGHBOURS]
+        return self.study_vectors_[top].astype(np.float32).mean(axis=1)
+
+    def predict_maps(self, text) -> np.ndarray:
+        """Predicted whole-brain maps (z-scored over the mask voxels) for texts.
+
+        Parameters
+        ----------
+        text : :obj:`str` or :obj:`list` of :obj:`str`
+            Queries.
+
+        Returns
+        -------
+        :class:`numpy.ndarray`
+            (n_texts, n_voxels) float32 maps over the brain mask (see :attr:`masker_`).
+        """
+        return self._maps_from_points(self.embed_text(text))
+
+    def _maps_from_points(self, points: np.ndarray) -> np.ndarray:
+        maps = self.vectorizer_.inverse_transform(self._predict_vectors(points))
+        return _zscore_rows(maps)
+
+    # ------------------------------------------------------------------ transform
+    def transform(self, text):
+        """Predict brain maps for free-text queries.
+
+        Parameters
+        ----------
+        text : :obj:`str` or :obj:`list` of :obj:`str`
+            One query or several.
+
+        Returns
+        -------
+        :class:`nimare.results.MetaResult` or :obj:`list` of them
+            One per text (a single result for a single string). Maps:
+
+            - ``"z"``: the predicted whole-brain map, z-scored over the brain mask;
+            - ``"z_level-yeo7"``, ``"z_level-yeo17"``, ``"z_level-subcortical"``: the same
+              prediction z-scored within each region of that level (each Yeo network, each
+              Harvard-Oxford structure), zero outside the level's regions, so that the pattern
+              inside every network is visible on its own scale.
+
+            Tables: ``"query"`` (the text and its generality, the hyperbolic distance of its
+            point to the origin) and ``"levels"`` (one row per region of every level: mean
+            and peak z of the whole-brain prediction inside the region, and the region's rank
+            within its level).
+        """
+        from nimare.results import MetaResult
+
+        texts, single = validate_texts(text)
+        points = self.embed_text(texts)
+        with torch.no_grad():
+            generality = self.model_.generality(torch.as_tensor(points)).numpy()
+        maps = self._maps_from_points(points)
+        stub = self._stub()
+        results = []
+        for i, query in enumerate(texts):
+            level_maps, table = self._levels(maps[i])
+            results.append(
+                MetaResult(
+                    stub,
+                    mask=self.masker_,
+                    maps={"z": maps[i], **level_maps},
+                    tables={
+                        "query": pd.DataFrame(
+                            {"text": [query], "generality": [float(generality[i])]}
+                        ),
+                        "levels": table,
+                    },
+                    description=(
+                        f"nimare-mnm prediction for {query!r} ({self.preset} model). Maps are "
+                        "z-scored over the brain mask (whole brain) or within each region."
+                    ),
+                )
+            )
+        return results[0] if single else results
+
+    def _levels(self, z_map: np.ndarray) -> tuple[dict, pd.DataFrame]:
+        maps, rows = {}, []
+        for level in MAP_LEVELS:
+            out = np.zeros_like(z_map)
+            for r, idx in enumerate(self._region_index[level]):
+                values = z_map[idx]
+                spread = values.std()
+                out[idx] = (values - values.mean()) / spread if spread > 0 else 0.0
+                rows.append(
+                    {
+                        "level": level,
+                        "region": self.region_names_[level][r],
+                        "mean_z": float(values.mean()),
+                        "peak_z": float(values.max()),
+                        "n_voxels": len(idx),
+                    }
+                )
+            maps[f"z_level-{level}"] = out
+        table = pd.DataFrame(rows)
+        table["rank"] = table.groupby("level")["mean_z"].rank(ascending=False, method="min")
+        table["rank"] = table["rank"].astype(int)
+        return maps, table
+
+    def _stub(self) -> MNMEncoder:
+        """Return an unfitted copy with the same parameters (what MetaResult deep-copies)."""
+        return type(self)(**self.get_params(deep=False))
+
+    # ------------------------------------------------------------------ retrieval
+    def _corpus(self, studyset=None, data_dir: str | None = None):
+        """Return the studies that retrieval draws from."""
+        from nimare_mnm.datasets import as_studyset
+        from nimare_mnm.utils import get_data_dir
+
+        if studyset is not None:
+            return as_studyset(studyset)
+        if getattr(self, "studyset_", None) is not None:
+            return self.studyset_
+        corpus = getattr(self, "training_", {}).get("corpus")
+        data_dir = get_data_dir(data_dir if data_dir is not None else self.data_dir)
+        if corpus != "neuroquery":
+            raise ValueError(
+                "This model does not hold its training studies; pass them as studyset=."
+            )
+        if data_dir is None:
+            raise ValueError(
+                "Retrieval returns the training studies' coordinates, which the pretrained "
+                "model does not ship: pass data_dir= (the folder holding neuroquery/, e.g. "
+                "../shared/data) or set NIMARE_MNM_DATA."
+            )
+        from nimare_mnm.datasets import load_neuroquery
+
+        self.studyset_ = load_neuroquery(data_dir, download=False)
+        return self.studyset_
+
+    def retrieval_scores(self, text) -> pd.DataFrame:
+        """Similarity of every training study to each query.
+
+        A study's score is the similarity of the query's text point to the study's brain
+        point (what the model was trained to rank) plus that to the study's text point.
+
+        Returns
+        -------
+        :class:`pandas.DataFrame`
+            (n_studies, n_texts), indexed by study id.
+        """
+        texts, _ = validate_texts(text)
+        points = self.embed_text(texts)
+        scores = self._similarity(points, self.study_brain_points_) + self._similarity(
+            points, self.study_text_points_
+        )
+        return pd.DataFrame(scores.T, index=pd.Index(self.study_ids_, name="id"), columns=texts)
+
+    def retrieve(self, text: str, k: int = 50, studyset=None, data_dir: str | None = None):
+        """Return the ``k`` training studies most related to a query, as a Studyset.
+
+        Parameters
+        ----------
+        text : :obj:`str`
+            The query.
+        k : :obj:`int`, default=50
+            Number of studies.
+        studyset : :class:`nimare.nimads.Studyset`, optional
+            The training studies; needed only by a model that does not hold them and was not
+            trained on NeuroQuery.
+        data_dir : :obj:`str`, optional
+            Folder with the NeuroQuery files, for a pretrained model.
+
+        Returns
+        -------
+        :class:`nimare.nimads.Studyset`
+            The studies, with their score in the ``mnm_score`` metadata column and their rank
+            (1 = best) in ``mnm_rank``; NiMARE's ``ALE(kernel__fwhm=10)`` and ``MKDADensity()``
+            fit it directly.
+        """
+        if not isinstance(text, str):
+            raise TypeError("retrieve() takes one query string.")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}.")
+        scores = self.retrieval_scores(text).iloc[:, 0]
+        corpus = self._corpus(studyset, data_dir)
+        available = pd.Index(np.asarray(corpus.study_ids).astype(str))
+        scores = scores[scores.index.isin(available)]
+        if len(scores) == 0:
+            raise ValueError("None of the model's training studies is in the given studyset.")
+        if k > len(scores):
+            raise ValueError(f"k={k} exceeds the {len(scores)} studies available.")
+        top = scores.sort_values(ascending=False, kind="stable").iloc[:k]
+        analysis_study = pd.Series(np.asarray(corpus.study_ids).astype(str))
+        score = analysis_study.map(top).to_numpy(dtype=float)
+        rank = analysis_study.map(pd.Series(np.arange(1, k + 1), index=top.index))
+        out = corpus.with_metadata("mnm_score", score.tolist())
+        out = out.with_metadata("mnm_rank", rank.to_numpy(dtype=float).tolist())
+        return out.filter_study_ids(list(top.index))
+
+    def meta_analysis(self, text: str, k: int = 50, estimator=None, **kwargs):
+        """Run a coordinate-based meta-analysis on the ``k`` studies retrieved for a query.
+
+        Parameters
+        ----------
+        text : :obj:`str`
+            The query.
+        k : :obj:`int`, default=50
+            Number of studies.
+        estimator : NiMARE CBMA estimator, optional
+            Default: ``nimare.meta.cbma.ALE(kernel__fwhm=10)`` (NeuroQuery has no sample
+            sizes, so the kernel width is fixed).
+        **kwargs
+            Passed to :meth:`retrieve` (``studyset``, ``data_dir``).
+
+        Returns
+        -------
+        :class:`nimare.results.MetaResult`
+        """
+        from nimare.meta.cbma import ALE
+
+        studies = self.retrieve(text, k=k, **kwargs)
+        estimator = estimator if estimator is not None else ALE(kernel__fwhm=10)
+        return estimator.fit(studies)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_parts(self) -> tuple[dict, dict]:
+        """Return the configuration and arrays of a checkpoint (save_model adds weights)."""
+        self._check_fitted()
+        vec = self.vectorizer_
+        config = {
+            "estimator": "MNMEncoder",
+            "params": self.get_params(deep=False),
+            "similarity": self.similarity_,
+            "region_names": self.region_names_,
+            "vectorizer": {
+                "parcellation": vec.parcellation,
+                "block_mm": vec.block_mm,
+                "smooth_fwhm": vec.smooth_fwhm,
+            },
+            "training": {k: v for k, v in self.training_.items() if k != "history"},
+            "history": self.training_.get("history", []),
+        }
+        config["params"]["data_dir"] = None  # a local path means nothing elsewhere
+        arrays = {
+            "vectorizer.assignment": vec.assignment_.astype(np.int16),
+            "studies.ids": np.asarray(
+                [int(i) if str(i).isdigit() else -1 for i in self.study_ids_]
+            ),
+            "studies.text_points": self.study_text_points_.astype(np.float16),
+            "studies.brain_points": self.study_brain_points_.astype(np.float16),
+        }
+        if (arrays["studies.ids"] < 0).any():
+            config["study_ids"] = [str(i) for i in self.study_ids_]
+        for level in MAP_LEVELS:
+            arrays[f"regions.{level}"] = self.region_labels_[level].astype(np.int16)
+        if hasattr(self, "study_vectors_"):
+            arrays["studies.vectors"] = self.study_vectors_
+        return config, arrays
+
+    def save_checkpoint(self, path, extra_config: dict | None = None, extra_arrays=None) -> Path:
+        """Write the fitted model as a portable checkpoint (safetensors + JSON).
+
+        Unlike :meth:`save` (a pickle, NiMARE's format), the checkpoint holds no Python
+        objects: it is safe to share and loads across versions of the libraries.
+
+        Parameters
+        ----------
+        path : path-like
+            Folder to write (replaced atomically).
+        extra_config, extra_arrays : :obj:`dict`, optional
+            More configuration and arrays to store.
+
+        Returns
+        -------
+        :class:`pathlib.Path`
+        """
+        from nimare_mnm.model import save_model
+
+        config, arrays = self._checkpoint_parts()
+        config.update(extra_config or {})
+        arrays.update(extra_arrays or {})
+        return save_model(self.model_, path, extra_config=config, extra_arrays=arrays)
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str = "auto") -> MNMEncoder:
+        """Load a model written by :meth:`save_checkpoint`.
+
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            Missing, corrupt or incompatible checkpoint.
+        """
+        encoder, _, _ = cls._from_checkpoint(path, device)
+        return encoder
+
+    @classmethod
+    def _from_checkpoint(cls, path, device: str = "auto"):
+        from nimare_mnm.brain import BrainVectorizer
+        from nimare_mnm.model import load_model
+
+        model, config, arrays = load_model(path)
+        if config.get("estimator") != "MNMEncoder":
+            raise ValueError(f"{path} is a model checkpoint but not an MNMEncoder's.")
+        try:
+            params = dict(config["params"])
+            params["device"] = device
+            encoder = cls(**params)
+            vec = BrainVectorizer(**config["vectorizer"])
+            vec._set_assignment(
+                arrays["vectorizer.assignment"].astype(np.int64),
+                {lv: arrays[f"regions.{lv}"].astype(np.int64) for lv in MAP_LEVELS},
+            )
+            ids = config.get("study_ids") or [str(i) for i in arrays["studies.ids"]]
+            encoder._set_fitted(
+                model=model,
+                similarity=config["similarity"],
+                vectorizer=vec,
+                region_labels={lv: arrays[f"regions.{lv}"].astype(np.int64) for lv in MAP_LEVELS},
+                region_names=config["region_names"],
+                study_ids=ids,
+                text_points=arrays["studies.text_points"],
+                brain_points=arrays["studies.brain_points"],
+                study_vectors=arrays.get("studies.vectors"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"The checkpoint in {path} is incomplete or incompatible: {exc}"
+            ) from exc
+        encoder.studyset_ = None
+        encoder.training_ = {**config.get("training", {}), "history": config.get("history", [])}
+        return encoder, config, arrays
+
+    @classmethod
+    def load_pretrained(cls, device: str = "auto") -> MNMEncoder:
+        """Load the default model shipped with nimare-mnm (offline, no corpus needed).
+
+        It was trained by ``scripts/train_pretrained.py`` on the NeuroQuery studies outside
+        the evaluation protocol's test split; its configuration records the split seed and
+        a SHA-256 of the training study ids.
+        """
+        if not (PRETRAINED_DIR / "config.json").exists():
+            raise FileNotFoundError(
+                f"The pretrained model is missing from {PRETRAINED_DIR}; reinstall nimare-mnm "
+                "or train one with scripts/train_pretrained.py."
+            )
+        return cls.from_checkpoint(PRETRAINED_DIR, device=device)
+
+
+def _zscore_rows(maps: np.ndarray) -> np.ndarray:
+    """Z-score each row; a constant row is an error (it carries no prediction)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    mean = maps.mean(axis=1, keepdims=True)
+    std = maps.std(axis=1, keepdims=True)
+    if not np.isfinite(maps).all():
+        raise FloatingPointError("The predicted map contains NaN or infinite values.")
+    if (std == 0).any():
+        raise FloatingPointError("The predicted map is constant: it carries no prediction.")
+    return (maps - mean) / std

@@ -1,0 +1,387 @@
+"""MNMEncoder and MNMDecoder: NiMARE estimator contract, bad input, pretrained model, retrieval."""
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import requires_data
+
+from nimare_mnm import MNMDecoder, MNMEncoder
+from nimare_mnm.brain import load_mask
+from nimare_mnm.decoder import load_brain_image
+from nimare_mnm.encoder import PRETRAINED_DIR, validate_texts
+
+has_pretrained = pytest.mark.skipif(
+    not (PRETRAINED_DIR / "config.json").exists(), reason="pretrained model not built"
+)
+
+#: Textbook queries and the Harvard-Oxford structures (neuroparc names) where the predicted
+#: map must peak, searched within the cortical ("cort") or subcortical ("sub") atlas.
+TEXTBOOK = {
+    "finger tapping": ("cort", ["Precentral_Gyrus", "Postcentral_Gyrus"]),
+    "face recognition": (
+        "cort",
+        [
+            "Temporal_Occipital_Fusiform_Cortex",
+            "Occipital_Fusiform_Gyrus",
+            "Temporal_Fusiform_Cortex_posterior_division",
+            "Lateral_Occipital_Cortex_inferior_division",
+        ],
+    ),
+    "fear conditioning": ("sub", ["Left_Amygdala", "Right_Amygdala"]),
+    "visual checkerboard stimulation": (
+        "cort",
+        [
+            "Occipital_Pole",
+            "Intracalcaring_Cortex",
+            "Supracalcarine_Cortex",
+            "Lingual_Gyrus",
+            "Cuneal_Cortex",
+            "Lateral_Occipital_Cortex_inferior_division",
+        ],
+    ),
+    "listening to tones": (
+        "cort",
+        [
+            "Heschl's_Gyrus_(includes_H1_and_H2)",
+            "Planum_Temporale",
+            "Planum_Polare",
+            "Superior_Temporal_Gyrus_posterior_division",
+            "Superior_Temporal_Gyrus_anterior_division",
+        ],
+    ),
+    "monetary reward anticipation": (
+        "sub",
+        [f"{side}_{s}" for side in ("Left", "Right") for s in ("Accumbens", "Caudate", "Putamen")],
+    ),
+    "episodic memory encoding": ("sub", ["Left_Hippocampus", "Right_Hippocampus"]),
+    "spatial navigation": ("sub", ["Left_Hippocampus", "Right_Hippocampus"]),
+    "sentence comprehension": (
+        "cort",
+        [
+            "Inferior_Frontal_Gyrus_pars_triangularis",
+            "Inferior_Frontal_Gyrus_pars_opercularis",
+            "Superior_Temporal_Gyrus_posterior_division",
+            "Superior_Temporal_Gyrus_anterior_division",
+            "Middle_Temporal_Gyrus_posterior_division",
+            "Middle_Temporal_Gyrus_anterior_division",
+        ],
+    ),
+    "painful heat": (
+        "cort",
+        [
+            "Insular_Cortex",
+            "Central_Opercular_Cortex",
+            "Parietal_Operculum_Cortex",
+            "Cingulate_Gyrus_anterior_division",
+        ],
+    ),
+    "saccadic eye movements": (
+        "cort",
+        [
+            "Precentral_Gyrus",
+            "Superior_Frontal_Gyrus",
+            "Middle_Frontal_Gyrus",
+            "Superior_Parietal_Lobule",
+        ],
+    ),
+    "visual word form reading": (
+        "cort",
+        [
+            "Temporal_Occipital_Fusiform_Cortex",
+            "Inferior_Temporal_Gyrus_temporoocipital_part",
+            "Occipital_Fusiform_Gyrus",
+            "Lateral_Occipital_Cortex_inferior_division",
+        ],
+    ),
+}
+MOTOR_TERMS = {
+    "motor",
+    "movement",
+    "movements",
+    "finger",
+    "hand",
+    "tapping",
+    "finger tapping",
+    "motor cortex",
+    "primary motor",
+    "sensorimotor",
+    "hand movements",
+    "finger movements",
+    "motor task",
+    "precentral",
+    "somatosensory",
+    "primary motor cortex",
+    "motor area",
+    "supplementary motor",
+    "grip",
+    "button press",
+}
+
+
+# ------------------------------------------------------------------ no data, no model
+def test_validate_texts():
+    assert validate_texts("memory") == (["memory"], True)
+    assert validate_texts(["a", "b"]) == (["a", "b"], False)
+    with pytest.raises(ValueError, match="empty or only whitespace"):
+        validate_texts("   ")
+    with pytest.raises(ValueError, match="No text"):
+        validate_texts([])
+    with pytest.raises(TypeError, match="Text 1 is a int"):
+        validate_texts(["memory", 3])
+    with pytest.raises(TypeError, match="string"):
+        validate_texts(None)
+
+
+def test_params_contract():
+    from sklearn.base import clone
+
+    enc = MNMEncoder(epochs=3, preset="clip")
+    params = enc.get_params()
+    assert params["epochs"] == 3 and params["preset"] == "clip"
+    other = clone(enc)
+    assert other is not enc and other.get_params() == params
+    enc.set_params(seed=5)
+    assert enc.seed == 5 and other.seed == 0
+    assert "epochs=3" in repr(enc)
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        enc.set_params(nonsense=1)
+    dec = MNMDecoder(frequency_threshold=0.5)
+    assert clone(dec).get_params()["frequency_threshold"] == 0.5
+
+
+def test_unfitted_estimators_refuse():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        MNMEncoder().transform("memory")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        MNMEncoder().retrieve("memory")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        MNMDecoder().transform(load_mask())
+
+
+def _img(data, affine=None):
+    return nib.Nifti1Image(
+        np.asarray(data, dtype=np.float32), load_mask().affine if affine is None else affine
+    )
+
+
+def test_bad_images(tmp_path):
+    mask = np.asanyarray(load_mask().dataobj) > 0
+    good = np.where(mask, 1.0, 0.0)
+    with pytest.raises(ValueError, match="all zero"):
+        load_brain_image(_img(np.zeros(mask.shape)))
+    nan = good.copy()
+    nan[45, 54, 45] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        load_brain_image(_img(nan))
+    with pytest.raises(ValueError, match="3D"):
+        load_brain_image(_img(np.stack([good, good], axis=-1)))
+    native = np.eye(4)  # voxel (0, 0, 0) at the origin: a native-space image
+    with pytest.raises(ValueError, match="MNI"):
+        load_brain_image(_img(np.ones((64, 64, 40)), native))
+    with pytest.raises(FileNotFoundError):
+        load_brain_image(tmp_path / "missing.nii.gz")
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="Could not read"):
+        load_brain_image(tmp_path / "junk.nii.gz")
+    # NaN outside the brain is background; a 4 mm grid is resampled.
+    outside = np.where(mask, 1.0, np.nan)
+    assert np.isfinite(load_brain_image(_img(outside))).all()
+    from nilearn.image import resample_img
+
+    coarse = resample_img(
+        _img(good),
+        target_affine=np.diag([4.0, 4.0, 4.0]),
+        interpolation="nearest",
+        force_resample=True,
+        copy_header=True,
+    )
+    values = load_brain_image(coarse)
+    assert values.shape == (mask.sum(),) and np.median(values) > 0.9
+
+
+# ------------------------------------------------------------------ pretrained model
+@pytest.fixture(scope="module")
+def pretrained():
+    if not (PRETRAINED_DIR / "config.json").exists():
+        pytest.skip("pretrained model not built")
+    return MNMEncoder.load_pretrained(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pretrained_decoder():
+    if not (PRETRAINED_DIR / "config.json").exists():
+        pytest.skip("pretrained model not built")
+    return MNMDecoder.load_pretrained(device="cpu")
+
+
+@has_pretrained
+def test_pretrained_is_small_and_records_its_split():
+    size = sum(f.stat().st_size for f in PRETRAINED_DIR.iterdir()) / 2**20
+    assert size <= 25
+    config = json.loads((PRETRAINED_DIR / "config.json").read_text())
+    training = config["training"]
+    assert training["corpus"] == "neuroquery" and training["split_seed"] == 0
+    assert training["test_ids_disjoint"] is True
+    assert len(training["study_ids_sha256"]) == 64
+
+
+def test_transform_outputs(pretrained):
+    from nimare.results import MetaResult
+
+    res = pretrained.transform("working memory")
+    assert isinstance(res, MetaResult)
+    img = res.get_map("z")
+    assert img.shape == (91, 109, 91) and np.allclose(img.affine, load_mask().affine)
+    z = res.maps["z"]
+    assert np.isfinite(z).all() and abs(z.mean()) < 1e-3 and abs(z.std() - 1) < 1e-3
+    for level in ("yeo7", "yeo17", "subcortical"):
+        assert np.isfinite(res.maps[f"z_level-{level}"]).all()
+    levels = res.tables["levels"]
+    assert set(levels["level"]) == {"yeo7", "yeo17", "subcortical"}
+    assert len(levels) == 7 + 17 + 15
+    assert res.tables["query"]["generality"].iloc[0] > 0
+    many = pretrained.transform(["working memory", "face perception"])
+    assert len(many) == 2 and np.allclose(many[0].maps["z"], z, atol=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        pretrained.transform("")
+    with pytest.raises(TypeError):
+        pretrained.transform(["memory", None])
+
+
+def test_general_terms_sit_nearer_the_origin(pretrained):
+    general, specific = pretrained.generality(
+        ["memory", "spatial working memory load in the dorsolateral prefrontal cortex"]
+    )
+    assert general < specific
+
+
+def test_save_load_round_trips(pretrained, pretrained_decoder, tmp_path):
+    query = "auditory oddball"
+    ref = pretrained.transform(query).maps["z"]
+    pretrained.save(tmp_path / "enc.pkl.gz")
+    again = MNMEncoder.load(tmp_path / "enc.pkl.gz")
+    np.testing.assert_array_equal(again.transform(query).maps["z"], ref)
+    path = pretrained_decoder.save_checkpoint(tmp_path / "ckpt")
+    enc2 = MNMEncoder.from_checkpoint(path, device="cpu")
+    np.testing.assert_allclose(enc2.transform(query).maps["z"], ref, atol=1e-5)
+    dec2 = MNMDecoder.from_checkpoint(path, device="cpu")
+    assert dec2.features_ == pretrained_decoder.features_
+    # A truncated weights file is reported as corrupt.
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError):
+        MNMEncoder.from_checkpoint(broken)
+    with pytest.raises(FileNotFoundError):
+        MNMEncoder.from_checkpoint(tmp_path / "nowhere")
+
+
+def test_decoder_motor_map(pretrained_decoder):
+    from nilearn.datasets import load_sample_motor_activation_image
+
+    img = load_sample_motor_activation_image()
+    table = pretrained_decoder.transform(img)
+    assert table.index.name == "feature"
+    assert {"score", "generality", "level", "region"} <= set(table.columns)
+    assert table["score"].is_monotonic_decreasing
+    top = set(table.index[:10])
+    assert top & MOTOR_TERMS, f"no motor term in the top 10: {list(table.index[:10])}"
+    studies = pretrained_decoder.decode_studies(img, k=5)
+    assert len(studies) == 5 and studies.index.name == "id"
+    negative = nib.Nifti1Image(-np.asanyarray(img.dataobj), img.affine)
+    neg = np.asanyarray(negative.dataobj)
+    neg[neg > 0] = 0
+    with pytest.raises(ValueError, match="no positive value"):
+        pretrained_decoder.transform(nib.Nifti1Image(neg, img.affine))
+
+
+def textbook_hits(encoder, data_dir) -> dict:
+    """Where each textbook query's predicted map peaks, within its atlas."""
+    from nimare_mnm.brain import SUBCORTICAL_STRUCTURES, load_atlas
+
+    mask = np.asanyarray(load_mask().dataobj) > 0
+    atlases = {}
+    for kind in ("cort", "sub"):
+        img, names = load_atlas(f"harvard_oxford_{kind}", data_dir)
+        labels = np.asanyarray(img.dataobj)[mask]
+        names = np.asarray(names, dtype=object)
+        inside = labels > 0
+        if kind == "sub":
+            inside &= np.isin(names[labels], SUBCORTICAL_STRUCTURES)
+        atlases[kind] = (names[labels], inside)
+    maps = encoder.predict_maps(list(TEXTBOOK))
+    found = {}
+    for (query, (kind, expected)), z in zip(TEXTBOOK.items(), maps):
+        names, inside = atlases[kind]
+        peak = np.flatnonzero(inside)[np.argmax(z[inside])]
+        found[query] = (names[peak], names[peak] in expected)
+    return found
+
+
+@requires_data
+def test_textbook_queries(pretrained, data_dir):
+    found = textbook_hits(pretrained, data_dir)
+    misses = {q: where for q, (where, hit) in found.items() if not hit}
+    assert not misses, misses
+
+
+# ------------------------------------------------------------------ fitting and retrieval
+@pytest.fixture(scope="module")
+def small_fit(neuroquery):
+    ids = np.unique(np.asarray(neuroquery.study_ids).astype(str))[:400]
+    subset = neuroquery.filter_study_ids(list(ids))
+    enc = MNMEncoder(epochs=2, batch_size=128, device="cpu").fit(subset)
+    return enc, subset
+
+
+@requires_data
+def test_fit_transform_retrieve_meta_analysis(small_fit):
+    from nimare.meta.cbma import ALE, MKDADensity
+
+    enc, subset = small_fit
+    assert enc.model_ is not None and len(enc.study_ids_) == 400
+    assert enc.training_["best_epoch"] >= 0
+    res = enc.transform("motor")
+    assert np.isfinite(res.maps["z"]).all()
+    top = enc.retrieve("motor", k=20)
+    assert len(np.unique(top.study_ids)) == 20
+    scores = np.asarray(top.get_metadata(field="mnm_score"), dtype=float)
+    assert np.isfinite(scores).all()
+    ale = ALE(kernel__fwhm=10).fit(top)
+    assert np.isfinite(ale.maps["z"]).all() and ale.maps["z"].max() > 0
+    mkda = MKDADensity().fit(top)
+    assert mkda.maps["z"].max() > 0
+    result = enc.meta_analysis("motor", k=20, estimator=MKDADensity())
+    assert result.maps["z"].max() > 0
+    with pytest.raises(ValueError, match="exceeds"):
+        enc.retrieve("motor", k=10_000)
+
+
+@requires_data
+def test_decoder_fit_on_studyset(small_fit):
+    enc, subset = small_fit
+    dec = MNMDecoder(encoder=enc, features=["motor", "memory", "face", "pain"]).fit(subset)
+    assert set(dec.features_) <= {"motor", "memory", "face", "pain"}
+    assert (dec.term_frequency_ > 0).all()
+    res = enc.transform("motor")
+    table = dec.transform(res.get_map("z"))
+    assert list(table.columns[:3]) == ["score", "generality", "frequency"]
+    studies = dec.decode_studies(res.get_map("z"), k=3)
+    assert "title" in studies.columns and len(studies) == 3
+
+
+@requires_data
+def test_pretrained_retrieval_needs_the_corpus(pretrained, data_dir, monkeypatch):
+    monkeypatch.delenv("NIMARE_MNM_DATA", raising=False)
+    fresh = MNMEncoder.load_pretrained(device="cpu")
+    with pytest.raises(ValueError, match="data_dir"):
+        fresh.retrieve("fear", k=10)
+    top = fresh.retrieve("fear", k=10, data_dir=str(data_dir))
+    assert len(np.unique(top.study_ids)) == 10
+    ranks = pd.Series(top.get_metadata(field="mnm_rank")).astype(float)
+    assert sorted(ranks.unique()) == list(range(1, 11))
