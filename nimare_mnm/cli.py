@@ -1,4 +1,4 @@
-"""The ``nimare-mnm`` command line."""
+"""The ``nimare-mnm`` command line: demo, encode, decode, retrieve, fit and evaluate."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -14,73 +15,23 @@ from nimare_mnm import __version__
 
 LGR = logging.getLogger("nimare_mnm")
 
-DEMO_QUERIES = ("working memory", "finger tapping motor task", "fear conditioning amygdala")
+DEMO_QUERIES = ("working memory", "finger tapping", "fear conditioning")
 
 
-def _demo(args: argparse.Namespace) -> dict:
-    """Text-to-map demo on the real corpus, built from the foundation pieces.
-
-    Each query is embedded, the most similar studies (by text embedding) are retrieved, and
-    the mean of their peak densities becomes the query's map, written as NIfTI and PNG and
-    summarised per Yeo-7 network and subcortical structure.
-    """
-    import numpy as np
-
-    from nimare_mnm.brain import BrainLevels, BrainVectorizer, PeakDensity
-    from nimare_mnm.datasets import load_neuroquery, study_texts
-    from nimare_mnm.text import TextEncoder
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    studyset = load_neuroquery(args.data_dir, annotations=False)
-    texts = study_texts(studyset)
-    if args.n_studies and args.n_studies < len(texts):
-        texts = texts.iloc[:: max(1, len(texts) // args.n_studies)][: args.n_studies]
-    encoder = TextEncoder(device=args.device, show_progress=not args.quiet)
-    study_emb = encoder.encode(list(texts))
-    levels = BrainLevels(args.data_dir).fit()
-    vectorizer = BrainVectorizer(data_dir=args.data_dir).fit(levels)
-    density = PeakDensity()
-    summary = {"n_studies": len(texts), "queries": {}}
-    for query in args.queries:
-        scores = study_emb @ encoder.encode(query)[0]
-        top = np.argsort(-scores)[: args.k]
-        ids = texts.index[top]
-        chosen = studyset.filter_study_ids(list(ids))
-        _, maps = density.transform(chosen)
-        mean_map = np.asarray(maps.mean(axis=0)).ravel()
-        vector = vectorizer.transform(mean_map)
-        img = vectorizer.to_img(vector)
-        stem = "_".join(query.split())
-        img.to_filename(out / f"{stem}.nii.gz")
-        _plot(img, out / f"{stem}.png", query)
-        per_level = {}
-        for level in ("yeo7", "subcortical"):
-            masks = levels.region_masks(level)
-            region_means = masks @ mean_map / masks.sum(1)
-            best = np.argsort(-region_means)[:3]
-            per_level[level] = [levels.names_[level][b] for b in best]
-        summary["queries"][query] = {
-            "top_studies": [str(i) for i in ids[:5]],
-            "top_titles": [texts[i][:80] for i in ids[:3]],
-            "strongest_regions": per_level,
-            "nifti": str(out / f"{stem}.nii.gz"),
-        }
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    return summary
+# --------------------------------------------------------------------------- helpers
+def _stem(text: str) -> str:
+    """File-name stem of a query."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", text.strip()).strip("_").lower()
+    return stem[:60] or "query"
 
 
-def _plot(img, path: Path, title: str) -> None:
+def _plot(img, path: Path, title: str, threshold: float = 2.0) -> None:
+    """Glass brain of a z map above ``threshold``."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import numpy as np
     from nilearn import plotting
 
-    values = np.asanyarray(img.dataobj)
-    # Show the top 10 % of the in-brain values: a density map is positive everywhere.
-    threshold = float(np.percentile(values[values > 0], 90))
     display = plotting.plot_glass_brain(
         img, title=title, colorbar=True, plot_abs=False, threshold=threshold, cmap="hot"
     )
@@ -88,45 +39,276 @@ def _plot(img, path: Path, title: str) -> None:
     display.close()
 
 
-def _print_summary(summary: dict) -> None:
-    print(f"nimare-mnm demo: {summary['n_studies']} studies, {summary['seconds']} s")
-    for query, res in summary["queries"].items():
-        print(f"\n{query!r} -> {res['nifti']}")
-        for title in res["top_titles"]:
-            print(f"  study: {title}")
+def _encoder(args):
+    from nimare_mnm import MNMEncoder
+
+    if args.model:
+        return MNMEncoder.from_checkpoint(args.model, device=args.device)
+    return MNMEncoder.load_pretrained(device=args.device)
+
+
+def _decoder(args):
+    from nimare_mnm import MNMDecoder
+
+    if args.model:
+        return MNMDecoder.from_checkpoint(args.model, device=args.device)
+    return MNMDecoder.load_pretrained(device=args.device)
+
+
+def _encode_queries(encoder, queries, out: Path, plot: bool = True) -> dict:
+    """Write each query's maps (NIfTI, PNG) and return a summary per query."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = encoder.transform(list(queries))
+    summary = {}
+    for query, res in zip(queries, results):
+        stem = _stem(query)
+        files = {}
+        for name in res.maps:
+            path = out / f"{stem}_{name}.nii.gz"
+            res.get_map(name).to_filename(path)
+            files[name] = str(path)
+        table = res.tables["levels"]
+        table.to_csv(out / f"{stem}_levels.tsv", sep="\t", index=False)
+        if plot:
+            _plot(res.get_map("z"), out / f"{stem}_z.png", query)
+            files["png"] = str(out / f"{stem}_z.png")
+        best = {
+            level: table[table["level"] == level].nsmallest(3, "rank")["region"].tolist()
+            for level in ("yeo7", "yeo17", "subcortical")
+        }
+        summary[query] = {
+            "generality": round(float(res.tables["query"]["generality"].iloc[0]), 3),
+            "strongest_regions": best,
+            "files": files,
+        }
+    return summary
+
+
+def _decode_table(decoder, img, k: int) -> list[dict]:
+    table = decoder.transform(img).head(k)
+    return [
+        {
+            "term": term,
+            "score": round(float(row.score), 4),
+            "generality": round(float(row.generality), 3),
+            "region": f"{row.level}:{row.region}",
+        }
+        for term, row in table.iterrows()
+    ]
+
+
+# --------------------------------------------------------------------------- commands
+def _demo(args) -> dict:
+    """Pretrained model, offline: maps for a few queries and a decoded motor map."""
+    from nilearn.datasets import load_sample_motor_activation_image
+
+    from nimare_mnm import MNMDecoder
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    decoder = (
+        MNMDecoder.from_checkpoint(args.model, device=args.device)
+        if args.model
+        else MNMDecoder.load_pretrained(device=args.device)
+    )
+    queries = _encode_queries(decoder.encoder_, args.queries, out)
+    motor = load_sample_motor_activation_image()
+    return {
+        "queries": queries,
+        "decoded": {"nilearn motor activation map": _decode_table(decoder, motor, 10)},
+        "out": str(out),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _encode(args) -> dict:
+    return {"queries": _encode_queries(_encoder(args), args.texts, Path(args.out), args.plot)}
+
+
+def _decode(args) -> dict:
+    decoder = _decoder(args)
+    out = {"decoded": {str(args.img): _decode_table(decoder, args.img, args.k)}}
+    if args.studies:
+        studies = decoder.decode_studies(args.img, k=args.studies)
+        out["studies"] = [
+            {"id": sid, "score": round(float(s), 4)} for sid, s in studies["score"].items()
+        ]
+    return out
+
+
+def _retrieve(args) -> dict:
+    import numpy as np
+
+    encoder = _encoder(args)
+    top = encoder.retrieve(args.text, k=args.k, data_dir=args.data_dir)
+    ids = np.asarray(top.study_ids).astype(str)
+    score = np.asarray(top.get_metadata(field="mnm_score"), dtype=float)
+    titles = (
+        top.get_metadata(field="title") if "title" in top.metadata.columns else [""] * len(ids)
+    )
+    rows = sorted(
+        (
+            {"id": i, "score": round(float(s), 4), "title": str(t)}
+            for i, s, t in zip(ids, score, titles)
+        ),
+        key=lambda r: -r["score"],
+    )
+    out = {"query": args.text, "studies": rows}
+    if args.meta_analysis:
+        from nimare.meta.cbma import ALE, MKDADensity
+
+        estimator = ALE(kernel__fwhm=10) if args.meta_analysis == "ale" else MKDADensity()
+        result = estimator.fit(top)
+        folder = Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{_stem(args.text)}_{args.meta_analysis}_z.nii.gz"
+        result.get_map("z").to_filename(path)
+        _plot(result.get_map("z"), path.with_suffix("").with_suffix(".png"), args.text)
+        out["meta_analysis"] = {"estimator": args.meta_analysis, "z_map": str(path)}
+    return out
+
+
+def _fit(args) -> dict:
+    import numpy as np
+
+    from nimare_mnm import MNMDecoder, MNMEncoder, load_neuroquery
+    from nimare_mnm.evaluation import protocol_split
+
+    studyset = load_neuroquery(args.data_dir)
+    ids = np.unique(np.asarray(studyset.study_ids).astype(str))
+    if args.exclude_test:
+        ids, _ = protocol_split(ids)
+    if args.n_studies:
+        ids = np.random.default_rng(args.seed).permutation(np.sort(ids))[: args.n_studies]
+    studyset = studyset.filter_study_ids(list(ids))
+    encoder = MNMEncoder(
+        preset=args.preset,
+        epochs=args.epochs,
+        data_dir=args.data_dir,
+        device=args.device,
+        seed=args.seed,
+    ).fit(studyset)
+    encoder.training_["corpus"] = "neuroquery"
+    decoder = MNMDecoder(encoder=encoder).fit(studyset)
+    path = decoder.save_checkpoint(args.out)
+    return {
+        "model": str(path),
+        "n_studies": encoder.training_["n_studies"],
+        "best_val_recall_at_10": encoder.training_["best_val_recall_at_10"],
+        "fit_seconds": round(encoder.training_["fit_seconds"], 1),
+    }
+
+
+def _evaluate(args) -> dict:
+    from nimare_mnm.benchmark import MODELS, BenchmarkConfig, run_benchmark
+
+    config = BenchmarkConfig(
+        data_dir=args.data_dir,
+        models=args.models or list(MODELS),
+        n_studies=args.n_studies,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+    )
+    run = run_benchmark(config, out_dir=args.out)
+    return {"records": run["records"], "out": str(args.out)}
+
+
+def _print(result: dict) -> None:
+    for query, res in result.get("queries", {}).items():
+        print(f"{query!r}: generality {res['generality']}")
         for level, regions in res["strongest_regions"].items():
             print(f"  strongest {level}: {', '.join(regions)}")
+        if "z" in res["files"]:
+            print(f"  map: {res['files']['z']}")
+    for name, rows in result.get("decoded", {}).items():
+        print(f"decoded {name}:")
+        for row in rows:
+            print(
+                f"  {row['score']:8.4f}  {row['term']:<30s} generality {row['generality']:.2f}"
+                f"  {row['region']}"
+            )
+    for row in result.get("studies", []):
+        print(f"  {row['score']:8.4f}  {row['id']}  {row.get('title', '')[:80]}")
+    if "meta_analysis" in result:
+        print(f"{result['meta_analysis']['estimator']} z map: {result['meta_analysis']['z_map']}")
+    for rec in result.get("records", []):
+        print(
+            f"{rec['model']:<32s} text->brain R@10 {rec['text_to_brain_recall@10']:5.1f} %  "
+            f"map r {rec['map_r']:.3f}"
+        )
+    for key in ("model", "out", "seconds"):
+        if key in result:
+            print(f"{key}: {result[key]}")
 
 
+# --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``nimare-mnm`` command."""
+    data_default = os.environ.get("NIMARE_MNM_DATA")
     parser = argparse.ArgumentParser(
         prog="nimare-mnm",
         description="Multi-level neuroimaging meta-analysis with hyperbolic brain-text "
         "representations, for NiMARE.",
     )
     parser.add_argument("--version", action="version", version=f"nimare-mnm {__version__}")
-    parser.add_argument("--quiet", action="store_true", help="only print results")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--model", default=None, help="checkpoint folder (default: the pretrained model)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
-        "demo",
-        help="predict maps for a few queries from the most related NeuroQuery studies",
-    )
-    demo.add_argument(
-        "--data-dir",
-        default=os.environ.get("NIMARE_MNM_DATA"),
-        help="folder with neuroquery/ and atlases/ (default: $NIMARE_MNM_DATA)",
-    )
+
+    demo = sub.add_parser("demo", help="pretrained model, offline: maps and a decoded map")
     demo.add_argument("-o", "--out", default="nimare_mnm_demo", help="output folder")
-    demo.add_argument("-k", type=int, default=20, help="studies averaged per query")
-    demo.add_argument(
-        "--n-studies", type=int, default=2000, help="studies embedded (0: the whole corpus)"
-    )
     demo.add_argument("queries", nargs="*", default=list(DEMO_QUERIES), help="text queries")
+
+    enc = sub.add_parser("encode", help="predict brain maps for texts")
+    enc.add_argument("texts", nargs="+", help="text queries")
+    enc.add_argument("-o", "--out", required=True, help="output folder")
+    enc.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNGs")
+
+    dec = sub.add_parser("decode", help="rank terms (and studies) for a brain map")
+    dec.add_argument("img", help="NIfTI statistical map in MNI space")
+    dec.add_argument("-k", type=int, default=20, help="terms shown")
+    dec.add_argument("--studies", type=int, default=0, help="also list this many studies")
+
+    ret = sub.add_parser("retrieve", help="studies most related to a text, then ALE/MKDA")
+    ret.add_argument("text", help="text query")
+    ret.add_argument("--data-dir", default=data_default, help="folder with neuroquery/")
+    ret.add_argument("-k", type=int, default=50, help="number of studies")
+    ret.add_argument("--meta-analysis", choices=("ale", "mkda"), help="run it on the studies")
+    ret.add_argument("-o", "--out", default=".", help="output folder of the meta-analysis")
+
+    fit = sub.add_parser("fit", help="train a model on NeuroQuery")
+    fit.add_argument("--data-dir", default=data_default, help="folder with neuroquery/")
+    fit.add_argument("-o", "--out", required=True, help="checkpoint folder to write")
+    fit.add_argument("--preset", default="nimare-mnm", help="nimare-mnm, mnm, meru or clip")
+    fit.add_argument("--epochs", type=int, default=40)
+    fit.add_argument(
+        "--exclude-test", action="store_true", help="leave out the protocol's test split"
+    )
+    fit.add_argument("--n-studies", type=int, default=0, help="random subset (quick check)")
+
+    ev = sub.add_parser("evaluate", help="every model on the protocol's test split")
+    ev.add_argument("--data-dir", default=data_default, help="folder with neuroquery/")
+    ev.add_argument("--out", required=True, help="folder for quality.json/md/png")
+    ev.add_argument("--n-studies", type=int, default=None, help="random subset (quick check)")
+    ev.add_argument("--epochs", type=int, default=15)
+    ev.add_argument("--models", nargs="*", default=None, help="subset of the models")
     return parser
+
+
+COMMANDS = {
+    "demo": _demo,
+    "encode": _encode,
+    "decode": _decode,
+    "retrieve": _retrieve,
+    "fit": _fit,
+    "evaluate": _evaluate,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,25 +318,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s"
     )
-    for noisy in ("nimare", "nilearn", "sentence_transformers", "transformers"):
+    for noisy in ("nimare", "nilearn", "sentence_transformers", "transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.quiet:
+        os.environ.setdefault("TQDM_DISABLE", "1")
     import numpy as np
     import torch
 
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     try:
-        if args.command == "demo":
-            if args.queries and any(not q.strip() for q in args.queries):
+        for text in [*getattr(args, "queries", []), *getattr(args, "texts", [])]:
+            if not text.strip():
                 raise ValueError("queries must not be empty")
-            result = _demo(args)
-            if args.json:
-                print(json.dumps(result, indent=2))
-            else:
-                _print_summary(result)
-    except (FileNotFoundError, ValueError, OSError) as exc:
+        if getattr(args, "text", None) is not None and not args.text.strip():
+            raise ValueError("the query must not be empty")
+        result = COMMANDS[args.command](args)
+    except (FileNotFoundError, ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"nimare-mnm: error: {exc}", file=sys.stderr)
         return 2
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        _print(result)
     return 0
 
 

@@ -92,9 +92,10 @@ def load_brain_image(img) -> np.ndarray:
     if same_grid:
         values = data[mask]
     else:
+        # Linear interpolation: no spline overshoot (a negative map stays negative).
         clean = nib.Nifti1Image(np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), img.affine)
         resampled = resample_to_img(
-            clean, mask_img, interpolation="continuous", force_resample=True, copy_header=True
+            clean, mask_img, interpolation="linear", force_resample=True, copy_header=True
         )
         values = np.asanyarray(resampled.dataobj).astype(np.float32)[mask]
         # NaN inside the brain must not be hidden by the resampling above.

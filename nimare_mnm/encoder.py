@@ -551,7 +551,9 @@ class MNMEncoder(NiMAREBase):
         if k > len(scores):
             raise ValueError(f"k={k} exceeds the {len(scores)} studies available.")
         top = scores.sort_values(ascending=False, kind="stable").iloc[:k]
-        analysis_study = pd.Series(np.asarray(corpus.study_ids).astype(str))
+        # Metadata columns span the whole underlying store, not just this view's analyses.
+        store = corpus.store
+        analysis_study = pd.Series(np.asarray(store.study_key)[store.study_idx].astype(str))
         score = analysis_study.map(top).to_numpy(dtype=float)
         rank = analysis_study.map(pd.Series(np.arange(1, k + 1), index=top.index))
         out = corpus.with_metadata("mnm_score", score.tolist())

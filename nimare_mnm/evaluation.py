@@ -1,10 +1,17 @@
-"""The evaluation protocol: the test split, the validation split and retrieval metrics.
+"""The evaluation protocol: the test split, the validation split and the metrics.
 
 Test split (shared by tests, benchmarks and reports): study ids sorted ascending (as integers
 when every id is a number, as NeuroQuery's PubMed ids are), permuted with
 ``numpy.random.default_rng(0)``; the first 10 % are the test studies. Model selection uses a
 validation split carved from the remaining training studies only, so the test studies are
 never seen before the final score.
+
+Metrics (pure numpy/scipy, all scores as plain floats):
+
+- :func:`retrieval_metrics`: Recall@k in both directions and mix & match;
+- :func:`map_correlation`: per-study Pearson r between predicted and true maps;
+- :func:`peak_auc`: per-study ROC AUC of the predicted values at the reported peaks;
+- :func:`generality_spearman`: rank correlation between term generality and frequency.
 """
 
 from __future__ import annotations
@@ -12,8 +19,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sp
+from scipy import stats
 
-__all__ = ["protocol_split", "validation_split", "recall_at_k", "sorted_ids"]
+__all__ = [
+    "protocol_split",
+    "validation_split",
+    "recall_at_k",
+    "sorted_ids",
+    "retrieval_metrics",
+    "map_correlation",
+    "peak_auc",
+    "generality_spearman",
+]
+
+_TIES = ("best", "average", "worst")
 
 
 def sorted_ids(ids: Sequence) -> np.ndarray:
@@ -78,7 +98,9 @@ def validation_split(
     return permuted[n_val:], permuted[:n_val]
 
 
-def recall_at_k(similarity: np.ndarray, k: int | Sequence[int] = 10) -> dict[int, float]:
+def recall_at_k(
+    similarity: np.ndarray, k: int | Sequence[int] = 10, *, ties: str = "best"
+) -> dict[int, float]:
     """Recall@k (%) of the matching item (the diagonal) in a query x key similarity matrix.
 
     Parameters
@@ -87,12 +109,20 @@ def recall_at_k(similarity: np.ndarray, k: int | Sequence[int] = 10) -> dict[int
         (n, n) similarities; row i's correct key is column i.
     k : :obj:`int` or sequence of :obj:`int`
         Cut-offs.
+    ties : {"best", "average", "worst"}, default="best"
+        How wrong keys exactly as similar as the right one count. ``"best"`` ranks the right
+        key before them (the original behaviour, which favours the model: a constant
+        similarity gives 100 %); ``"worst"`` ranks it after them; ``"average"`` gives the
+        expected recall when ties are broken at random (a constant similarity gives chance,
+        ``k / n``). The protocol's :func:`retrieval_metrics` uses ``"average"``.
 
     Returns
     -------
     :obj:`dict`
         ``{k: recall in percent}``.
     """
+    if ties not in _TIES:
+        raise ValueError(f"ties must be one of {_TIES}, got {ties!r}.")
     similarity = np.asarray(similarity)
     if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
         raise ValueError("similarity must be a square (queries x keys) matrix.")
@@ -101,5 +131,262 @@ def recall_at_k(similarity: np.ndarray, k: int | Sequence[int] = 10) -> dict[int
     correct = np.diag(similarity)
     # rank = number of keys strictly more similar than the right one
     rank = (similarity > correct[:, None]).sum(axis=1)
+    # number of wrong keys tied with the right one (the right key ties with itself)
+    tied = (similarity == correct[:, None]).sum(axis=1) - 1
     ks = [k] if isinstance(k, int) else list(k)
-    return {kk: float(100.0 * np.mean(rank < kk)) for kk in ks}
+    out = {}
+    for kk in ks:
+        if ties == "best":
+            hit = rank < kk
+        elif ties == "worst":
+            hit = rank + tied < kk
+        else:  # the right key's position is uniform over rank .. rank + tied
+            hit = np.clip((kk - rank) / (tied + 1.0), 0.0, 1.0)
+        out[kk] = float(100.0 * np.mean(hit))
+    return out
+
+
+def _percentile_rank(similarity: np.ndarray) -> np.ndarray:
+    """Per row, the % of wrong keys scored below the right one (ties count half)."""
+    correct = np.diag(similarity)[:, None]
+    below = (similarity < correct).sum(axis=1)
+    tied = (similarity == correct).sum(axis=1) - 1  # minus the right key itself
+    return 100.0 * (below + 0.5 * tied) / (similarity.shape[1] - 1)
+
+
+def retrieval_metrics(similarity: np.ndarray, ks: Sequence[int] = (5, 10, 100)) -> dict:
+    """Recall@k in both directions and mix & match for paired texts and brain maps.
+
+    Parameters
+    ----------
+    similarity : :class:`numpy.ndarray`
+        (n, n) similarities between n texts (rows) and the n brain maps (columns) of the same
+        studies, in the same order: the right partner of text i is brain map i.
+    ks : sequence of :obj:`int`, default=(5, 10, 100)
+        Recall cut-offs.
+
+    Returns
+    -------
+    :obj:`dict`
+        ``"text_to_brain_recall@k"`` and ``"brain_to_text_recall@k"`` for every k (%),
+        ``"mix_match"`` (text -> brain) and ``"mix_match_brain_to_text"`` (%), all floats.
+
+    Notes
+    -----
+    Recall@k is the % of queries whose right partner is among their k most similar
+    candidates (:func:`recall_at_k` with ``ties="average"``: a candidate scored exactly as
+    high as the right partner is placed before it half of the time on average, so ties never
+    favour the model and a constant similarity scores chance, ``k / n``). Mix & match
+    (NeuroQuery, Dockès et al. 2020; Text2Brain, Ngo et al. 2022) is the mean percentile rank
+    of the right partner: for each query, the % of wrong candidates scored lower than the
+    right partner, ties counting half, averaged over queries. Chance is 50 %, perfect 100 %.
+    """
+    similarity = np.asarray(similarity, dtype=float)
+    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(
+            "similarity must be a square (texts x brain maps) matrix with the right partners "
+            f"on the diagonal, got shape {similarity.shape}."
+        )
+    if similarity.shape[0] < 2:
+        raise ValueError("similarity must compare at least 2 studies.")
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}.")
+    out = {}
+    for name, sim in (("text_to_brain", similarity), ("brain_to_text", similarity.T)):
+        for k, value in recall_at_k(sim, ks, ties="average").items():
+            out[f"{name}_recall@{k}"] = value
+    out["mix_match"] = float(_percentile_rank(similarity).mean())
+    out["mix_match_brain_to_text"] = float(_percentile_rank(similarity.T).mean())
+    return out
+
+
+def _check_rows(name: str, array, n_rows: int | None = None) -> None:
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (studies x voxels) array, got {array.ndim}-D.")
+    if n_rows is not None and array.shape[0] != n_rows:
+        raise ValueError(f"{name} has {array.shape[0]} rows, expected {n_rows}.")
+
+
+def map_correlation(
+    predicted: np.ndarray, true: np.ndarray | sp.spmatrix, chunk_size: int = 128
+) -> np.ndarray:
+    """Pearson correlation between each predicted map and the matching true map.
+
+    Parameters
+    ----------
+    predicted : :class:`numpy.ndarray`
+        (n, v) predicted maps (dense).
+    true : :class:`numpy.ndarray` or :mod:`scipy.sparse` matrix
+        (n, v) true maps, dense or sparse (e.g. CSR).
+    chunk_size : :obj:`int`, default=128
+        Rows processed at a time: memory stays bounded by a few ``chunk_size x v`` float64
+        arrays, and a sparse ``true`` is never densified beyond ``chunk_size`` rows.
+
+    Returns
+    -------
+    :class:`numpy.ndarray`
+        (n,) Pearson r per study, in row order. The protocol's map score is its mean.
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, non-finite values, or a constant row in either input (its
+        correlation is undefined), naming the first such row.
+    """
+    if sp.issparse(true):
+        true = sp.csr_matrix(true)
+    else:
+        true = np.asarray(true)
+    predicted = np.asarray(predicted)
+    _check_rows("predicted", predicted)
+    _check_rows("true", true)
+    if predicted.shape != true.shape:
+        raise ValueError(
+            f"predicted {predicted.shape} and true {true.shape} maps must have the same shape."
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+    n = predicted.shape[0]
+    r = np.empty(n)
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        centred = []
+        for name, block in (("predicted", predicted[start:stop]), ("true", true[start:stop])):
+            block = block.toarray() if sp.issparse(block) else block
+            block = np.array(block, dtype=np.float64)  # a copy: centred in place below
+            if not np.isfinite(block).all():
+                row = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+                raise ValueError(f"{name} map of row {row} contains NaN or infinite values.")
+            scale = np.abs(block).max(axis=1, initial=0.0)
+            block -= block.mean(axis=1, keepdims=True)
+            norm = np.sqrt(np.einsum("ij,ij->i", block, block))
+            # a spread below float rounding of the values (or none at all) is a constant map
+            flat = (norm == 0) | (norm <= 1e-10 * scale * np.sqrt(block.shape[1]))
+            if flat.any():
+                row = start + int(np.flatnonzero(flat)[0])
+                raise ValueError(
+                    f"The {name} map of row {row} is constant: its correlation is undefined."
+                )
+            centred.append((block, norm))
+        (p, pn), (t, tn) = centred
+        r[start:stop] = np.einsum("ij,ij->i", p, t) / (pn * tn)
+    return np.clip(r, -1.0, 1.0)
+
+
+def peak_auc(
+    predicted: np.ndarray, peak_index: Sequence[np.ndarray], chunk_size: int = 64
+) -> np.ndarray:
+    """ROC AUC of each predicted map at the study's reported peaks against all other voxels.
+
+    Parameters
+    ----------
+    predicted : :class:`numpy.ndarray`
+        (n, v) predicted maps over the v voxels of the mask.
+    peak_index : sequence of :class:`numpy.ndarray`
+        n integer arrays: the mask voxel indices (0 .. v-1) of each study's reported peaks.
+        Repeated indices (several peaks in one voxel) count once.
+    chunk_size : :obj:`int`, default=64
+        Rows sorted at a time (bounds the memory to ``chunk_size x v`` values).
+
+    Returns
+    -------
+    :class:`numpy.ndarray`
+        (n,) AUC per study: the probability that a peak voxel scores higher than a non-peak
+        voxel, ties counting half (0.5 = chance).
+
+    Raises
+    ------
+    ValueError
+        On a length mismatch, non-finite predictions, or a study whose peak list is empty,
+        out of range or covers every voxel (naming the study's row).
+
+    Notes
+    -----
+    The AUC is the Mann-Whitney statistic ``U / (n_pos n_neg)`` with ``U = R_pos -
+    n_pos (n_pos + 1) / 2``, where ``R_pos`` is the sum of the peak voxels' ranks among all
+    voxels, ties getting their average rank (as :func:`scipy.stats.rankdata`). Each row is
+    sorted once and the average ranks of the peaks read off with binary search, which gives
+    the same ranks as ``rankdata`` without ranking every voxel (1,345 x 228,483 takes
+    seconds).
+    """
+    predicted = np.asarray(predicted)
+    _check_rows("predicted", predicted)
+    n, v = predicted.shape
+    if len(peak_index) != n:
+        raise ValueError(f"peak_index has {len(peak_index)} entries but predicted has {n} rows.")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+    peaks = []
+    for row, idx in enumerate(peak_index):
+        idx = np.asarray(idx)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"peak_index[{row}] must hold integers, got dtype {idx.dtype}.")
+        idx = np.unique(idx.astype(np.int64).ravel())
+        if idx.size == 0:
+            raise ValueError(f"Study in row {row} has no peak voxel: its AUC is undefined.")
+        if idx[0] < 0 or idx[-1] >= v:
+            raise ValueError(
+                f"peak_index[{row}] has voxel indices outside 0..{v - 1} "
+                f"(min {idx[0]}, max {idx[-1]})."
+            )
+        if idx.size == v:
+            raise ValueError(f"Every voxel is a peak of the study in row {row}: AUC undefined.")
+        peaks.append(idx)
+    auc = np.empty(n)
+    for start in range(0, n, chunk_size):
+        block = predicted[start : start + chunk_size]
+        if not np.isfinite(block).all():
+            row = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            raise ValueError(f"predicted map of row {row} contains NaN or infinite values.")
+        ordered = np.sort(block, axis=1)
+        for offset, values in enumerate(ordered):
+            row = start + offset
+            pos = block[offset, peaks[row]]
+            lower = np.searchsorted(values, pos, side="left")  # voxels scored below
+            upper = np.searchsorted(values, pos, side="right")
+            # 1-based average rank of a value tied over positions lower .. upper - 1
+            rank_sum = np.sum((lower + upper + 1) / 2.0)
+            n_pos = pos.size
+            u = rank_sum - n_pos * (n_pos + 1) / 2.0
+            auc[row] = u / (n_pos * (v - n_pos))
+    return auc
+
+
+def generality_spearman(generality: Sequence[float], frequency: Sequence[float]) -> float:
+    """Spearman correlation between term generality and term frequency.
+
+    Parameters
+    ----------
+    generality : sequence of :obj:`float`
+        A generality score per term (e.g. closeness of its embedding to the origin).
+    frequency : sequence of :obj:`float`
+        The number of studies using each term, in the same order.
+
+    Returns
+    -------
+    :obj:`float`
+        Spearman's rho (:func:`scipy.stats.spearmanr`): positive when frequent terms are
+        scored more general.
+
+    Raises
+    ------
+    ValueError
+        On different lengths, fewer than 3 terms, non-finite values, or a constant input
+        (rho undefined).
+    """
+    generality = np.asarray(generality, dtype=float).ravel()
+    frequency = np.asarray(frequency, dtype=float).ravel()
+    if generality.shape != frequency.shape:
+        raise ValueError(
+            f"generality ({generality.size} terms) and frequency ({frequency.size} terms) "
+            "must have the same length."
+        )
+    if generality.size < 3:
+        raise ValueError(f"Need at least 3 terms for a rank correlation, got {generality.size}.")
+    for name, values in (("generality", generality), ("frequency", frequency)):
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name} contains NaN or infinite values.")
+        if np.all(values == values[0]):
+            raise ValueError(f"{name} is constant: the rank correlation is undefined.")
+    return float(stats.spearmanr(generality, frequency).statistic)

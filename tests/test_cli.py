@@ -1,15 +1,39 @@
+"""The nimare-mnm command line: every command's happy path and its user-error path."""
+
+import json
 import subprocess
 import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 from conftest import requires_data
 
 from nimare_mnm import __version__
 from nimare_mnm.cli import main
+from nimare_mnm.encoder import PRETRAINED_DIR
+
+needs_pretrained = pytest.mark.skipif(
+    not (PRETRAINED_DIR / "config.json").exists(), reason="pretrained model not built"
+)
 
 
-def test_version_and_help(capsys):
+def run_json(capsys, argv):
+    code = main(["--quiet", "--json", *argv])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def one_line_error(capsys, argv, match):
+    code = main(["--quiet", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("nimare-mnm: error:") and match in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_version_and_help():
     out = subprocess.run(
         [sys.executable, "-m", "nimare_mnm.cli", "--version"], capture_output=True, text=True
     )
@@ -17,21 +41,47 @@ def test_version_and_help(capsys):
     out = subprocess.run(
         [sys.executable, "-m", "nimare_mnm.cli", "--help"], capture_output=True, text=True
     )
-    assert out.returncode == 0 and "demo" in out.stdout
+    assert out.returncode == 0
+    for command in ("demo", "encode", "decode", "retrieve", "fit", "evaluate"):
+        assert command in out.stdout
 
 
-def test_demo_missing_data_is_one_clear_line(tmp_path, capsys, monkeypatch):
+@needs_pretrained
+def test_demo_offline(tmp_path, capsys):
+    result = run_json(capsys, ["demo", "-o", str(tmp_path), "finger tapping"])
+    files = result["queries"]["finger tapping"]["files"]
+    img = nib.load(files["z"])
+    assert img.shape == (91, 109, 91) and np.isfinite(img.get_fdata()).all()
+    assert (tmp_path / "finger_tapping_z.png").stat().st_size > 1000
+    terms = result["decoded"]["nilearn motor activation map"]
+    assert len(terms) == 10 and all("generality" in t for t in terms)
+
+
+@needs_pretrained
+def test_encode_and_decode(tmp_path, capsys):
+    result = run_json(capsys, ["encode", "visual motion", "-o", str(tmp_path), "--no-plot"])
+    z_map = result["queries"]["visual motion"]["files"]["z"]
+    assert (tmp_path / "visual_motion_levels.tsv").exists()
+    decoded = run_json(capsys, ["decode", z_map, "-k", "5", "--studies", "3"])
+    assert len(decoded["decoded"][z_map]) == 5 and len(decoded["studies"]) == 3
+    one_line_error(capsys, ["encode", "  ", "-o", str(tmp_path)], "empty")
+    one_line_error(capsys, ["decode", str(tmp_path / "missing.nii.gz")], "No image")
+    flat = tmp_path / "flat.nii.gz"
+    nib.Nifti1Image(np.zeros((91, 109, 91), np.float32), np.diag([-2, 2, 2, 1])).to_filename(flat)
+    one_line_error(capsys, ["decode", str(flat)], "MNI")
+
+
+@needs_pretrained
+def test_retrieve_needs_the_data_dir(monkeypatch, capsys):
+    monkeypatch.delenv("NIMARE_MNM_DATA", raising=False)
+    one_line_error(capsys, ["retrieve", "fear", "-k", "5"], "data_dir")
+
+
+def test_fit_missing_data_is_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("nimare_mnm.datasets._fetch_neuroquery", _offline)
-    code = main(["--quiet", "demo", "--data-dir", str(tmp_path), "-o", str(tmp_path / "o")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.startswith("nimare-mnm: error:") and "neuroquery" in err
-    assert "Traceback" not in err and len(err.splitlines()) == 1
-
-
-def test_demo_empty_query(tmp_path, capsys):
-    code = main(["demo", "--data-dir", str(tmp_path), "  "])
-    assert code == 2 and "empty" in capsys.readouterr().err
+    one_line_error(
+        capsys, ["fit", "--data-dir", str(tmp_path), "-o", str(tmp_path / "m")], "neuroquery"
+    )
 
 
 def _offline(**kwargs):
@@ -39,26 +89,49 @@ def _offline(**kwargs):
 
 
 @requires_data
-def test_demo_on_real_data(tmp_path, data_dir, capsys):
-    code = main(
+@needs_pretrained
+def test_retrieve_and_meta_analysis(tmp_path, data_dir, capsys):
+    result = run_json(
+        capsys,
         [
-            "--quiet",
-            "--json",
-            "demo",
+            "retrieve",
+            "fear conditioning",
+            "--data-dir",
+            str(data_dir),
+            "-k",
+            "15",
+            "--meta-analysis",
+            "mkda",
+            "-o",
+            str(tmp_path),
+        ],
+    )
+    assert len(result["studies"]) == 15
+    scores = [s["score"] for s in result["studies"]]
+    assert scores == sorted(scores, reverse=True)
+    assert nib.load(result["meta_analysis"]["z_map"]).get_fdata().max() > 0
+
+
+@requires_data
+def test_fit_small_model_then_use_it(tmp_path, data_dir, capsys):
+    model = tmp_path / "model"
+    result = run_json(
+        capsys,
+        [
+            "fit",
             "--data-dir",
             str(data_dir),
             "-o",
-            str(tmp_path),
-            "-k",
-            "10",
+            str(model),
+            "--epochs",
+            "2",
             "--n-studies",
             "300",
-            "finger tapping",
-        ]
+            "--exclude-test",
+        ],
     )
-    assert code == 0
-    img = nib.load(tmp_path / "finger_tapping.nii.gz")
-    data = img.get_fdata()
-    assert img.shape == (91, 109, 91) and np.isfinite(data).all() and data.max() > 0
-    assert (tmp_path / "finger_tapping.png").stat().st_size > 1000
-    assert "Somatomotor" in capsys.readouterr().out
+    assert result["n_studies"] == 300 and (model / "config.json").exists()
+    encoded = run_json(
+        capsys, ["--model", str(model), "encode", "memory", "-o", str(tmp_path), "--no-plot"]
+    )
+    assert "memory" in encoded["queries"]

@@ -1,8 +1,18 @@
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from conftest import requires_data
 
-from nimare_mnm.evaluation import protocol_split, recall_at_k, sorted_ids, validation_split
+from nimare_mnm.evaluation import (
+    generality_spearman,
+    map_correlation,
+    peak_auc,
+    protocol_split,
+    recall_at_k,
+    retrieval_metrics,
+    sorted_ids,
+    validation_split,
+)
 
 
 def test_protocol_split_follows_the_mission():
@@ -40,6 +50,139 @@ def test_recall_at_k():
         recall_at_k(np.full((2, 2), np.nan))
     with pytest.raises(ValueError, match="square"):
         recall_at_k(np.zeros((2, 3)))
+
+
+def test_recall_at_k_ties():
+    sim = np.ones((4, 4))  # every key tied with the right one
+    assert recall_at_k(sim, 1) == {1: 100.0}  # the original behaviour is kept by default
+    assert recall_at_k(sim, (1, 2), ties="worst") == {1: 0.0, 2: 0.0}
+    assert recall_at_k(sim, (1, 2, 4), ties="average") == {1: 25.0, 2: 50.0, 4: 100.0}
+    # row 0: one key above, one tied -> right key at position 1 or 2 (0-based), each 1/2
+    sim = np.array([[0.5, 0.9, 0.5], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert recall_at_k(sim, 2, ties="average")[2] == pytest.approx(100 * (0.5 + 1 + 1) / 3)
+    with pytest.raises(ValueError, match="ties"):
+        recall_at_k(sim, 1, ties="random")
+
+
+def test_retrieval_metrics_perfect_and_reversed():
+    n = 120
+    perfect = retrieval_metrics(np.eye(n))
+    assert set(perfect) == {
+        "text_to_brain_recall@5",
+        "text_to_brain_recall@10",
+        "text_to_brain_recall@100",
+        "brain_to_text_recall@5",
+        "brain_to_text_recall@10",
+        "brain_to_text_recall@100",
+        "mix_match",
+        "mix_match_brain_to_text",
+    }
+    assert all(value == 100.0 for value in perfect.values())
+    assert all(isinstance(value, float) for value in perfect.values())
+    worst = retrieval_metrics(-np.eye(n))  # the right partner always scores lowest
+    assert worst["mix_match"] == 0.0 and worst["mix_match_brain_to_text"] == 0.0
+    assert worst["text_to_brain_recall@10"] == 0.0 and worst["brain_to_text_recall@100"] == 0.0
+    # a constant similarity carries no information: chance, not a perfect score
+    flat = retrieval_metrics(np.zeros((n, n)), ks=(10,))
+    assert flat["text_to_brain_recall@10"] == pytest.approx(100 * 10 / n)
+    assert flat["mix_match"] == 50.0 and flat["mix_match_brain_to_text"] == 50.0
+
+
+def test_retrieval_metrics_hand_example_and_directions():
+    # text 0 -> brain 0 ranked 2nd of 3; text 1 and 2 ranked first.
+    sim = np.array([[0.5, 0.9, 0.1], [0.0, 1.0, 0.2], [0.3, 0.4, 0.8]])
+    out = retrieval_metrics(sim, ks=(1, 2))
+    assert out["text_to_brain_recall@1"] == pytest.approx(200 / 3)
+    assert out["text_to_brain_recall@2"] == 100.0
+    # percentile ranks: 1/2, 2/2, 2/2 -> 83.33 %
+    assert out["mix_match"] == pytest.approx(100 * (0.5 + 1 + 1) / 3)
+    # brain -> text uses the columns: brain 1 sees text 1 (1.0) above text 0 (0.9)
+    assert out["brain_to_text_recall@1"] == 100.0
+    assert out["mix_match_brain_to_text"] == 100.0
+    with pytest.raises(ValueError, match="square"):
+        retrieval_metrics(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="positive"):
+        retrieval_metrics(np.eye(3), ks=(0,))
+
+
+def test_map_correlation_values_and_sparse_equals_dense():
+    rng = np.random.default_rng(0)
+    true = rng.random((300, 40)) * (rng.random((300, 40)) < 0.3)
+    np.testing.assert_allclose(map_correlation(true, true), 1.0)
+    np.testing.assert_allclose(map_correlation(-true, true), -1.0)
+    pred = rng.standard_normal((300, 40)).astype(np.float32)
+    dense = map_correlation(pred, true, chunk_size=7)
+    expected = [np.corrcoef(p, t)[0, 1] for p, t in zip(pred, true)]
+    np.testing.assert_allclose(dense, expected, rtol=1e-6)
+    np.testing.assert_allclose(map_correlation(pred, sp.csr_matrix(true)), dense, rtol=1e-12)
+    np.testing.assert_allclose(map_correlation(pred, sp.csc_matrix(true)), dense, rtol=1e-12)
+
+
+def test_map_correlation_errors():
+    pred = np.arange(12, dtype=float).reshape(3, 4)
+    true = pred[::-1].copy()
+    const = pred.copy()
+    const[2] = 7.0
+    with pytest.raises(ValueError, match="predicted map of row 2 is constant"):
+        map_correlation(const, true)
+    with pytest.raises(ValueError, match="true map of row 2 is constant"):
+        map_correlation(true, sp.csr_matrix(const), chunk_size=2)
+    with pytest.raises(ValueError, match="same shape"):
+        map_correlation(pred, true[:2])
+    nan = pred.copy()
+    nan[1, 0] = np.nan
+    with pytest.raises(ValueError, match="row 1"):
+        map_correlation(nan, true)
+
+
+def test_peak_auc_hand_examples():
+    pred = np.array([[0.1, 0.9, 0.2, 0.8, 0.0], [0.1, 0.9, 0.2, 0.8, 0.0]])
+    # row 0: the peaks hold the two maxima; row 1: the peak is the minimum
+    np.testing.assert_allclose(peak_auc(pred, [np.array([1, 3]), np.array([4])]), [1.0, 0.0])
+    # a constant map: every comparison is a tie -> 0.5, whatever the peaks
+    np.testing.assert_allclose(peak_auc(np.ones((1, 6)), [np.array([0, 5])]), [0.5])
+    # a peak tied with one of 3 negatives and above the two others: (2 + 0.5) / 3
+    tie = np.array([[0.3, 0.3, 0.1, 0.2]])
+    np.testing.assert_allclose(peak_auc(tie, [np.array([0, 0])]), [2.5 / 3])  # repeats count once
+
+
+def test_peak_auc_matches_sklearn_on_random_data():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    pred = rng.standard_normal((40, 500)).round(1)  # rounding creates many ties
+    peaks = [rng.choice(500, size=rng.integers(1, 30), replace=False) for _ in range(40)]
+    auc = peak_auc(pred, peaks, chunk_size=9)
+    for row, idx in enumerate(peaks):
+        labels = np.zeros(500, dtype=bool)
+        labels[idx] = True
+        assert auc[row] == pytest.approx(roc_auc_score(labels, pred[row]), abs=1e-12)
+
+
+def test_peak_auc_errors():
+    pred = np.zeros((2, 5))
+    with pytest.raises(ValueError, match="row 1 has no peak"):
+        peak_auc(pred, [np.array([1]), np.array([], dtype=int)])
+    with pytest.raises(ValueError, match="2 rows"):
+        peak_auc(pred, [np.array([1])])
+    with pytest.raises(ValueError, match="outside"):
+        peak_auc(pred, [np.array([1]), np.array([5])])
+    with pytest.raises(ValueError, match="integers"):
+        peak_auc(pred, [np.array([1.0]), np.array([2])])
+    with pytest.raises(ValueError, match="Every voxel"):
+        peak_auc(pred, [np.array([1]), np.arange(5)])
+
+
+def test_generality_spearman():
+    assert generality_spearman([0.1, 0.5, 0.3, 0.9], [1, 10, 5, 200]) == pytest.approx(1.0)
+    assert generality_spearman([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)
+    assert isinstance(generality_spearman([3, 2, 1, 5], [1, 2, 3, 4]), float)
+    with pytest.raises(ValueError, match="same length"):
+        generality_spearman([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="constant"):
+        generality_spearman([1, 2, 3], [4, 4, 4])
+    with pytest.raises(ValueError, match="at least 3"):
+        generality_spearman([1, 2], [1, 2])
 
 
 @requires_data
