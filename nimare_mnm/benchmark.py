@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nimare_mnm.encoder import N_NEIGHBOURS
+
 LGR = logging.getLogger(__name__)
 
 __all__ = ["MODELS", "BenchmarkConfig", "run_benchmark", "write_reports"]
@@ -49,9 +51,6 @@ MODELS: dict[str, dict] = {
 #: Ridge penalties of the NeuroQuery baseline: those of the ``neuroquery`` package's training
 #: example (its default nine penalties take about 2.5 times longer).
 NEUROQUERY_ALPHAS = (1.0, 10.0, 100.0)
-
-#: Neighbours averaged into a map by models without a decoder head.
-N_NEIGHBOURS = 10
 
 
 @dataclass

@@ -113,12 +113,24 @@ def _demo(args) -> dict:
     )
     queries = _encode_queries(decoder.encoder_, args.queries, out)
     motor = load_sample_motor_activation_image()
-    return {
+    result = {
         "queries": queries,
         "decoded": {"nilearn motor activation map": _decode_table(decoder, motor, 10)},
-        "out": str(out),
-        "seconds": round(time.perf_counter() - t0, 1),
     }
+    if args.data_dir:
+        # With the corpus: the first query's 50 nearest studies, meta-analysed with ALE.
+        from nimare.meta.cbma import ALE
+
+        query = args.queries[0]
+        studies = decoder.encoder_.retrieve(query, k=50, data_dir=args.data_dir)
+        ale = ALE(kernel__fwhm=10).fit(studies)
+        path = out / f"{_stem(query)}_retrieved50_ale_z.nii.gz"
+        ale.get_map("z").to_filename(path)
+        _plot(ale.get_map("z"), out / f"{_stem(query)}_retrieved50_ale_z.png", f"{query}: ALE")
+        result["meta_analysis"] = {"estimator": "ale (50 retrieved studies)", "z_map": str(path)}
+    result["out"] = str(out)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
 
 
 def _encode(args) -> dict:
@@ -263,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="pretrained model, offline: maps and a decoded map")
     demo.add_argument("-o", "--out", default="nimare_mnm_demo", help="output folder")
+    demo.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with neuroquery/: also retrieve studies for the first query and run ALE",
+    )
     demo.add_argument("queries", nargs="*", default=list(DEMO_QUERIES), help="text queries")
 
     enc = sub.add_parser("encode", help="predict brain maps for texts")

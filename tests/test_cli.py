@@ -135,3 +135,13 @@ def test_fit_small_model_then_use_it(tmp_path, data_dir, capsys):
         capsys, ["--model", str(model), "encode", "memory", "-o", str(tmp_path), "--no-plot"]
     )
     assert "memory" in encoded["queries"]
+
+
+@requires_data
+@needs_pretrained
+def test_demo_with_corpus(tmp_path, data_dir, capsys):
+    result = run_json(
+        capsys, ["demo", "-o", str(tmp_path), "--data-dir", str(data_dir), "fear conditioning"]
+    )
+    z_map = nib.load(result["meta_analysis"]["z_map"]).get_fdata()
+    assert np.isfinite(z_map).all() and z_map.max() > 3
