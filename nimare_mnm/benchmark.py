@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nimare_mnm.encoder import N_NEIGHBOURS
+from nimare_mnm.encoder import N_NEIGHBOURS, to_density
 
 LGR = logging.getLogger(__name__)
 
@@ -263,12 +263,12 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
                 brain_pts = model.encode_brain(torch.as_tensor(prepared_test))
                 sim = similarity(kind, text_pts, brain_pts, model.curvature).numpy()
                 if model.decoder is not None:
-                    predicted = model.decode(text_pts).numpy()
+                    predicted = to_density(model.decode(text_pts).numpy())
                 else:
                     train_pts = model.encode_brain(torch.as_tensor(prepared_train))
                     scores = similarity(kind, text_pts, train_pts, model.curvature).numpy()
                     top = np.argpartition(-scores, N_NEIGHBOURS - 1, axis=1)[:, :N_NEIGHBOURS]
-                    predicted = prepared_train[top].mean(axis=1)
+                    predicted = to_density(prepared_train[top].mean(axis=1))
                 term_pts = model.encode_text(torch.as_tensor(term_embeddings))
                 generality = model.generality(term_pts).numpy()
             record.update(retrieval_metrics(sim))
