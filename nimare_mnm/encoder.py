@@ -301,11 +301,14 @@ class MNMEncoder(NiMAREBase):
             if study_vectors is None:
                 study_vectors = prepare_brain(brain)["brain"].astype(np.float16)
             self.study_vectors_ = np.asarray(study_vectors, dtype=np.float16)
-        voxel_regions = {lv: np.asarray(v, dtype=np.int64) for lv, v in region_labels.items()}
-        self._region_index = {
-            lv: [np.flatnonzero(v == r) for r in range(len(region_names[lv]))]
-            for lv, v in voxel_regions.items()
-        }
+        # Per level: voxels sorted by region, for vectorised per-region statistics.
+        self._region_index = {}
+        for level, labels in region_labels.items():
+            labels = np.asarray(labels, dtype=np.int64)
+            order = np.argsort(labels, kind="stable")
+            order = order[labels[order] >= 0]
+            counts = np.bincount(labels[order], minlength=len(region_names[level]))
+            self._region_index[level] = (labels, order, counts)
 
     # ------------------------------------------------------------------ helpers
     def _get_text_encoder(self):
@@ -447,26 +450,38 @@ class MNMEncoder(NiMAREBase):
         return results[0] if single else results
 
     def _levels(self, z_map: np.ndarray) -> tuple[dict, pd.DataFrame]:
-        maps, rows = {}, []
+        maps, tables = {}, []
         for level in MAP_LEVELS:
+            labels, order, counts = self._region_index[level]
+            inside = labels >= 0
+            region = labels[inside]
+            values = z_map[inside].astype(np.float64)
+            n = np.maximum(counts, 1)
+            mean = np.bincount(region, values, minlength=len(counts)) / n
+            var = np.bincount(region, values**2, minlength=len(counts)) / n - mean**2
+            std = np.sqrt(np.clip(var, 0.0, None))
+            scale = np.where(std > 0, std, np.inf)  # a flat region gets 0 everywhere
             out = np.zeros_like(z_map)
-            for r, idx in enumerate(self._region_index[level]):
-                values = z_map[idx]
-                spread = values.std()
-                out[idx] = (values - values.mean()) / spread if spread > 0 else 0.0
-                rows.append(
+            out[inside] = (values - mean[region]) / scale[region]
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            peak = np.full(len(counts), np.nan)
+            present = counts > 0
+            peak[present] = np.maximum.reduceat(z_map[order], starts[present])
+            maps[f"z_level-{level}"] = out
+            tables.append(
+                pd.DataFrame(
                     {
                         "level": level,
-                        "region": self.region_names_[level][r],
-                        "mean_z": float(values.mean()),
-                        "peak_z": float(values.max()),
-                        "n_voxels": len(idx),
+                        "region": self.region_names_[level],
+                        "mean_z": mean,
+                        "peak_z": peak,
+                        "n_voxels": counts,
                     }
                 )
-            maps[f"z_level-{level}"] = out
-        table = pd.DataFrame(rows)
-        table["rank"] = table.groupby("level")["mean_z"].rank(ascending=False, method="min")
-        table["rank"] = table["rank"].astype(int)
+            )
+        table = pd.concat(tables, ignore_index=True)
+        rank = table.groupby("level", sort=False)["mean_z"].rank(ascending=False, method="min")
+        table["rank"] = rank.astype(int)
         return maps, table
 
     def _stub(self) -> MNMEncoder:
