@@ -334,7 +334,7 @@ class NeuroQueryBaseline(BaseEstimator):
         Returns
         -------
         :class:`scipy.sparse.csr_matrix`
-            (n, len(vocabulary_)).
+            ``(n, len(vocabulary_))``.
         """
         check_is_fitted(self, "regression_")
         texts = _check_texts(texts)

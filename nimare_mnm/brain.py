@@ -690,7 +690,9 @@ class BrainVectorizer:
                 f"Expected maps over the {len(self.assignment_)} mask voxels, "
                 f"got {maps.shape[1]} values per map."
             )
-        return np.asarray(maps @ self._pool, dtype=np.float32)
+        out = maps @ self._pool
+        out = out.toarray() if sp.issparse(out) else out
+        return np.asarray(out, dtype=np.float32)
 
     def inverse_transform(self, vectors: np.ndarray, smooth: bool = True) -> np.ndarray:
         """Voxel maps (n, n_voxels) from vectors (n, n_components).

@@ -244,7 +244,7 @@ class MNMDecoder(Decoder):
         if self.features is not None:
             keep = np.isin(terms, self._requested())
             terms, frequency = list(np.asarray(terms)[keep]), frequency[keep]
-        return list(terms), frequency
+        return [str(t) for t in terms], frequency
 
     def _requested(self) -> list[str]:
         group = (self.feature_group or NEUROQUERY_GROUP.rstrip("_")).rstrip("_") + "__"
@@ -288,7 +288,7 @@ class MNMDecoder(Decoder):
         if not keep.any():
             raise ValueError("No term of the vocabulary is used by any study.")
         LGR.info("Vocabulary: %d of %d terms used by at least one study.", keep.sum(), len(keep))
-        return list(np.asarray(terms)[keep]), counts[keep]
+        return [str(t) for t in np.asarray(terms)[keep]], counts[keep]
 
     def _set_terms(self, terms: list[str], frequency: np.ndarray, points=None) -> None:
         encoder = self.encoder_
@@ -383,7 +383,9 @@ class MNMDecoder(Decoder):
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
         points, _, _ = self._image_points(img)
-        sim = self.encoder_._similarity(points[:1], self.study_points_)[0]
+        # Study texts are the queries, the map the key: the same direction as training
+        # (text -> brain), which matters for the asymmetric exterior-angle similarity.
+        sim = self.encoder_._similarity(self.study_points_, points[:1])[:, 0]
         k = min(k, len(sim))
         top = np.argsort(-sim, kind="stable")[:k]
         out = pd.DataFrame(

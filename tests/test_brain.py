@@ -199,3 +199,14 @@ def test_real_corpus_density_vectors(neuroquery, vectorizer):
     ids, vectors = PeakDensity().transform(sub, reduce=vectorizer.transform)
     assert vectors.shape == (200, vectorizer.n_components_)
     assert np.isfinite(vectors).all() and (vectors.sum(1) > 0).all()
+
+
+def test_vectorizer_accepts_sparse_maps(vectorizer):
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    dense = rng.random((3, len(vectorizer.assignment_))).astype(np.float32)
+    np.testing.assert_allclose(
+        vectorizer.transform(sp.csr_matrix(dense)), vectorizer.transform(dense), rtol=1e-5
+    )

@@ -274,6 +274,10 @@ def test_decoder_motor_map(pretrained_decoder):
     assert any(w in t for t in top for w in MOTOR_WORDS), f"no motor term in the top 10: {top}"
     studies = pretrained_decoder.decode_studies(img, k=5)
     assert len(studies) == 5 and studies.index.name == "id"
+    # Different maps must not share the same nearest studies (a reversed asymmetric
+    # similarity once ranked the same hub studies first for every map).
+    other = pretrained_decoder.encoder_.transform("listening to tones").get_map("z")
+    assert len(set(studies.index) & set(pretrained_decoder.decode_studies(other, k=5).index)) <= 1
     # nilearn returns a path; only the positive part is decoded.
     motor = nib.load(img)
     negative = -np.abs(np.asanyarray(motor.dataobj))

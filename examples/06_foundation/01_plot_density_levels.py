@@ -6,12 +6,15 @@ Load NeuroQuery as a NiMARE Studyset, turn one study's peaks into a density map,
 into network-level maps and round-trip it through the compact brain vector.
 
 Needs the NeuroQuery files and atlases: set ``NIMARE_MNM_DATA`` to the folder holding
-``neuroquery/`` and ``atlases/``.
+``neuroquery/`` and ``atlases/`` (``../shared/data`` from a clone of this project; see
+:doc:`/data`).
 """
 
 ###############################################################################
 # Load the corpus
 # ---------------
+import os
+
 import numpy as np
 from nilearn import plotting
 
@@ -19,7 +22,8 @@ from nimare_mnm import load_neuroquery
 from nimare_mnm.brain import BrainLevels, BrainVectorizer, PeakDensity
 from nimare_mnm.datasets import study_texts
 
-studyset = load_neuroquery()
+data_dir = os.environ.get("NIMARE_MNM_DATA", "../shared/data")
+studyset = load_neuroquery(data_dir)
 texts = study_texts(studyset)
 print(studyset)
 print(texts.iloc[0][:300])
@@ -36,9 +40,9 @@ plotting.plot_glass_brain(img, title="peak density")
 ###############################################################################
 # Levels and the compact vector
 # -----------------------------
-levels = BrainLevels().fit()
-vectorizer = BrainVectorizer().fit(levels)
-vector = vectorizer.transform(maps)
+levels = BrainLevels(data_dir).fit()
+vectorizer = BrainVectorizer(data_dir=data_dir).fit(levels)
+vector = vectorizer.transform(maps.toarray())
 network_mass = levels.region_masks("yeo7") @ maps.toarray()[0]
 for name, mass in zip(levels.names_["yeo7"], network_mass):
     print(f"{name:>18}: {mass:.2f} peaks")
