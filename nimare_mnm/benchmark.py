@@ -268,7 +268,8 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
                     train_pts = model.encode_brain(torch.as_tensor(prepared_train))
                     scores = similarity(kind, text_pts, train_pts, model.curvature).numpy()
                     top = np.argpartition(-scores, N_NEIGHBOURS - 1, axis=1)[:, :N_NEIGHBOURS]
-                    predicted = to_density(prepared_train[top].mean(axis=1))
+                    # As MNMEncoder does: the mean of the square-rooted maps.
+                    predicted = prepared_train[top].mean(axis=1)
                 term_pts = model.encode_text(torch.as_tensor(term_embeddings))
                 generality = model.generality(term_pts).numpy()
             record.update(retrieval_metrics(sim))
