@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from nimare_mnm.benchmark import BenchmarkConfig, run_benchmark
+from nimare_mnm.benchmark import BenchmarkConfig, run_benchmark, write_reports
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -27,11 +27,19 @@ def main():
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-decoding", action="store_true")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite quality.md/png from quality.json"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("nimare", "nilearn"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     t0 = time.perf_counter()
+    if args.report_only:
+        run = json.loads((Path(args.out) / "quality.json").read_text())
+        write_reports(run, args.out)
+        print((Path(args.out) / "quality.md").read_text())
+        return
     if not args.skip_quality:
         run = run_benchmark(BenchmarkConfig(data_dir=args.data_dir), out_dir=args.out)
         print((Path(args.out) / "quality.md").read_text())

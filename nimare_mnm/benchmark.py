@@ -388,6 +388,42 @@ TABLE_COLUMNS = {
 }
 
 
+RETRIEVAL_METRICS = [
+    f"{direction}_recall@{k}"
+    for direction in ("text_to_brain", "brain_to_text")
+    for k in (5, 10, 100)
+] + ["mix_match", "mix_match_brain_to_text"]
+
+
+def verdict(records: list[dict], model: str = "nimare-mnm") -> list[str]:
+    """Sentences stating plainly whether ``model`` meets the evaluation's targets."""
+    table = pd.DataFrame(records).set_index("model")
+    if model not in table.index:
+        return []
+    row = table.loc[model]
+    lines = ["## Targets", ""]
+    for col, label in (("text_to_brain_recall@10", "text→brain Recall@10"), ("map_r", "map r")):
+        best = table[col].astype(float).idxmax()
+        status = "met" if best == model else "NOT met"
+        lines.append(
+            f"- Best {label} of all rows: {status} ({model} {row[col]:.3f}; best {best} "
+            f"{table.loc[best, col]:.3f})."
+        )
+    published = "MNM (published)"
+    if published in table.index:
+        worse = [m for m in RETRIEVAL_METRICS if float(row[m]) <= float(table.loc[published, m])]
+        status = "met" if not worse else "NOT met on " + ", ".join(worse)
+        lines.append(f"- Beats {published} on every retrieval metric: {status}.")
+    rho = row.get("generality_spearman")
+    if rho is not None and np.isfinite(float(rho)):
+        sign = "positive" if float(rho) > 0 else "NOT positive"
+        lines.append(
+            f"- Generality against term frequency (Spearman of closeness to the origin and "
+            f"the number of training studies using the term): {float(rho):.3f}, {sign}."
+        )
+    return lines
+
+
 def write_reports(run: dict, out_dir) -> dict[str, Path]:
     """Write quality.json, quality.md and quality.png for a :func:`run_benchmark` result."""
     import matplotlib
@@ -409,6 +445,8 @@ def write_reports(run: dict, out_dir) -> dict[str, Path]:
         f"chance Recall@10 {run['chance_recall@10']:.2f} %.",
         "",
         _markdown(shown),
+        "",
+        *verdict(run["records"]),
         "",
     ]
     paths["md"].write_text("\n".join(lines))
