@@ -560,8 +560,9 @@ class MNMEncoder(NiMAREBase):
             raise TypeError("retrieve() takes one query string.")
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
+        self._check_fitted()
+        corpus = self._corpus(studyset, data_dir)  # fail fast when the corpus is missing
         scores = self.retrieval_scores(text).iloc[:, 0]
-        corpus = self._corpus(studyset, data_dir)
         available = pd.Index(np.asarray(corpus.study_ids).astype(str))
         scores = scores[scores.index.isin(available)]
         if len(scores) == 0:
