@@ -749,19 +749,26 @@ def _smoothing_frame(fwhm: float) -> tuple[tuple[slice, ...], np.ndarray, np.nda
     return crop, inner, weight, sigma
 
 
-def _smooth_in_mask(maps: np.ndarray, fwhm: float) -> np.ndarray:
+def _smooth_in_mask(maps: np.ndarray, fwhm: float, batch: int = 32) -> np.ndarray:
     """Gaussian smoothing of mask-vector maps, renormalised so the mask edge keeps its level.
 
     The kernel is truncated at 3 sigma and the volume cropped to the mask's bounding box plus
-    the kernel radius, which gives the same values as the full volume (about 8 ms per map).
+    the kernel radius, which gives the same values as the full volume; maps are smoothed a
+    batch at a time along the three spatial axes.
     """
-    from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import gaussian_filter1d
 
     crop, inner, weight, sigma = _smoothing_frame(float(fwhm))
+    flat = np.flatnonzero(inner)
     out = np.empty_like(maps)
-    volume = np.zeros(inner.shape, dtype=np.float32)
-    for i, values in enumerate(maps):
-        volume[inner] = values
-        smoothed = gaussian_filter(volume, sigma, mode="constant", truncate=SMOOTH_TRUNCATE)
-        out[i] = smoothed[inner] / weight
+    for start in range(0, len(maps), batch):
+        chunk = maps[start : start + batch]
+        volume = np.zeros((len(chunk), inner.size), dtype=np.float32)
+        volume[:, flat] = chunk
+        volume = volume.reshape((len(chunk), *inner.shape))
+        for axis in (1, 2, 3):
+            volume = gaussian_filter1d(
+                volume, sigma, axis=axis, mode="constant", truncate=SMOOTH_TRUNCATE
+            )
+        out[start : start + batch] = volume.reshape(len(chunk), -1)[:, flat] / weight
     return out
