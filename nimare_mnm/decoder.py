@@ -174,9 +174,6 @@ class MNMDecoder(Decoder):
         self.features = features
         self.frequency_threshold = frequency_threshold
 
-    def __getstate__(self) -> dict:
-        return self.__dict__.copy()
-
     # ------------------------------------------------------------------ fitting
     def _check_fitted(self) -> None:
         if not hasattr(self, "term_points_"):
