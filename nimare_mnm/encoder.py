@@ -26,6 +26,9 @@ MAP_LEVELS = ("yeo7", "yeo17", "subcortical")
 #: model trained without one.
 N_NEIGHBOURS = 10
 
+#: Queries turned into maps at once by :meth:`MNMEncoder.transform` (bounds its memory).
+TRANSFORM_CHUNK = 64
+
 
 def validate_texts(text) -> tuple[list[str], bool]:
     """Check query texts: one string or a list of strings, none empty.
@@ -301,14 +304,18 @@ class MNMEncoder(NiMAREBase):
             if study_vectors is None:
                 study_vectors = prepare_brain(brain)["brain"].astype(np.float16)
             self.study_vectors_ = np.asarray(study_vectors, dtype=np.float16)
-        # Per level: voxels sorted by region, for vectorised per-region statistics.
+        self._index_regions()
+
+    def _index_regions(self) -> None:
+        """Per level: mask voxels sorted by region and where each region starts and ends."""
         self._region_index = {}
-        for level, labels in region_labels.items():
+        for level, labels in self.region_labels_.items():
             labels = np.asarray(labels, dtype=np.int64)
-            order = np.argsort(labels, kind="stable")
-            order = order[labels[order] >= 0]
-            counts = np.bincount(labels[order], minlength=len(region_names[level]))
-            self._region_index[level] = (labels, order, counts)
+            inside = np.flatnonzero(labels >= 0)
+            order = inside[np.argsort(labels[inside], kind="stable")]
+            counts = np.bincount(labels[inside], minlength=len(self.region_names_[level]))
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            self._region_index[level] = (order, counts, bounds)
 
     # ------------------------------------------------------------------ helpers
     def _get_text_encoder(self):
@@ -413,77 +420,115 @@ class MNMEncoder(NiMAREBase):
             - ``"z_level-yeo7"``, ``"z_level-yeo17"``, ``"z_level-subcortical"``: the same
               prediction z-scored within each region of that level (each Yeo network, each
               Harvard-Oxford structure), zero outside the level's regions, so that the pattern
-              inside every network is visible on its own scale.
+              inside every network is visible on its own scale. They are computed from
+              ``"z"`` and the ``"levels"`` table when first read (see
+              :class:`~nimare_mnm.results.LevelMaps`), which keeps large batches fast and
+              small.
 
             Tables: ``"query"`` (the text and its generality, the hyperbolic distance of its
-            point to the origin) and ``"levels"`` (one row per region of every level: mean
-            and peak z of the whole-brain prediction inside the region, and the region's rank
-            within its level).
+            point to the origin) and ``"levels"`` (one row per region of every level: mean,
+            standard deviation and peak z of the whole-brain prediction inside the region,
+            its number of voxels, and the region's rank by mean z within its level).
         """
         from nimare.results import MetaResult
+
+        from nimare_mnm.results import LevelMaps
 
         texts, single = validate_texts(text)
         points = self.embed_text(texts)
         with torch.no_grad():
             generality = self.model_.generality(torch.as_tensor(points)).numpy()
-        maps = self._maps_from_points(points)
         stub = self._stub()
+        description = (
+            "nimare-mnm prediction for {!r} ({} model). Maps are z-scored over the brain mask "
+            "(whole brain) or within each region."
+        )
         results = []
-        for i, query in enumerate(texts):
-            level_maps, table = self._levels(maps[i])
-            results.append(
-                MetaResult(
+        # Chunks bound the temporary memory; every step inside is vectorised over the chunk.
+        for start in range(0, len(texts), TRANSFORM_CHUNK):
+            maps = self._maps_from_points(points[start : start + TRANSFORM_CHUNK])
+            stats, tables = self._levels(maps)
+            for i, table in enumerate(tables):
+                query = texts[start + i]
+                result = MetaResult(
                     stub,
                     mask=self.masker_,
-                    maps={"z": maps[i], **level_maps},
+                    maps={"z": maps[i]},
                     tables={
                         "query": pd.DataFrame(
-                            {"text": [query], "generality": [float(generality[i])]}
+                            {"text": [query], "generality": [float(generality[start + i])]}
                         ),
                         "levels": table,
                     },
-                    description=(
-                        f"nimare-mnm prediction for {query!r} ({self.preset} model). Maps are "
-                        "z-scored over the brain mask (whole brain) or within each region."
-                    ),
+                    description=description.format(query, self.preset),
                 )
-            )
+                # The level maps are computed from "z" and the table when first read.
+                result.maps = LevelMaps(
+                    maps[i],
+                    {
+                        level: (self.region_labels_[level], mean[:, i], sd[:, i])
+                        for level, (mean, sd) in stats.items()
+                    },
+                )
+                results.append(result)
         return results[0] if single else results
 
-    def _levels(self, z_map: np.ndarray) -> tuple[dict, pd.DataFrame]:
-        maps, tables = {}, []
+    def _levels(self, z_maps: np.ndarray) -> tuple[dict, list[pd.DataFrame]]:
+        """Per-region statistics and tables for a batch of whole-brain z maps.
+
+        Parameters
+        ----------
+        z_maps : :class:`numpy.ndarray`
+            (n_maps, n_voxels) float32 z maps over the mask. The work is done on
+            ``z_maps.T``, fastest when that is C-contiguous (as :meth:`_maps_from_points`
+            returns it).
+
+        Returns
+        -------
+        stats : :obj:`dict`
+            Level -> ``(mean, sd)``, each (n_regions, n_maps) float64 (NaN: empty region).
+        tables : :obj:`list` of :class:`pandas.DataFrame`
+            One table per map: level, region, mean_z, sd_z, peak_z, n_voxels, rank.
+        """
+        from scipy.stats import rankdata
+
+        voxels_first = z_maps.T  # (n_voxels, n_maps): a region is a block of rows
+        n_maps = len(z_maps)
+        stats, columns = {}, []
         for level in MAP_LEVELS:
-            labels, order, counts = self._region_index[level]
-            inside = labels >= 0
-            region = labels[inside]
-            values = z_map[inside].astype(np.float64)
-            n = np.maximum(counts, 1)
-            mean = np.bincount(region, values, minlength=len(counts)) / n
-            var = np.bincount(region, values**2, minlength=len(counts)) / n - mean**2
-            std = np.sqrt(np.clip(var, 0.0, None))
-            scale = np.where(std > 0, std, np.inf)  # a flat region gets 0 everywhere
-            out = np.zeros_like(z_map)
-            out[inside] = (values - mean[region]) / scale[region]
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            peak = np.full(len(counts), np.nan)
-            present = counts > 0
-            peak[present] = np.maximum.reduceat(z_map[order], starts[present])
-            maps[f"z_level-{level}"] = out
-            tables.append(
-                pd.DataFrame(
-                    {
-                        "level": level,
-                        "region": self.region_names_[level],
-                        "mean_z": mean,
-                        "peak_z": peak,
-                        "n_voxels": counts,
-                    }
-                )
+            order, counts, bounds = self._region_index[level]
+            values = voxels_first[order]
+            mean, sd, peak = (np.full((len(counts), n_maps), np.nan) for _ in range(3))
+            for r in np.flatnonzero(counts):
+                block = values[bounds[r] : bounds[r + 1]]
+                mean[r] = block.mean(axis=0, dtype=np.float64)
+                peak[r] = block.max(axis=0)
+                block -= mean[r].astype(np.float32)
+                sd[r] = np.sqrt(np.einsum("ij,ij->j", block, block) / counts[r])
+            stats[level] = (mean, sd)
+            rank = rankdata(-np.nan_to_num(mean, nan=-np.inf), method="min", axis=0)
+            columns.append((mean, sd, peak, rank))
+        mean, sd, peak, rank = (np.concatenate(column) for column in zip(*columns))
+        levels = np.concatenate(
+            [np.full(len(self.region_names_[lv]), lv, dtype=object) for lv in MAP_LEVELS]
+        )
+        regions = np.concatenate([np.asarray(self.region_names_[lv]) for lv in MAP_LEVELS])
+        voxels = np.concatenate([self._region_index[lv][1] for lv in MAP_LEVELS])
+        tables = [
+            pd.DataFrame(
+                {
+                    "level": levels,
+                    "region": regions,
+                    "mean_z": mean[:, i],
+                    "sd_z": sd[:, i],
+                    "peak_z": peak[:, i],
+                    "n_voxels": voxels,
+                    "rank": rank[:, i].astype(int),
+                }
             )
-        table = pd.concat(tables, ignore_index=True)
-        rank = table.groupby("level", sort=False)["mean_z"].rank(ascending=False, method="min")
-        table["rank"] = rank.astype(int)
-        return maps, table
+            for i in range(n_maps)
+        ]
+        return stats, tables
 
     def _stub(self) -> MNMEncoder:
         """Return an unfitted copy with the same parameters (what MetaResult deep-copies)."""
@@ -741,12 +786,12 @@ def to_density(rooted: np.ndarray) -> np.ndarray:
 
 
 def _zscore_rows(maps: np.ndarray) -> np.ndarray:
-    """Z-score each row; a constant row is an error (it carries no prediction)."""
-    maps = np.asarray(maps, dtype=np.float32)
-    mean = maps.mean(axis=1, keepdims=True)
-    std = maps.std(axis=1, keepdims=True)
+    """Z-score each row of float32 maps in place; a constant row is an error (no prediction)."""
     if not np.isfinite(maps).all():
         raise FloatingPointError("The predicted map contains NaN or infinite values.")
+    maps -= maps.mean(axis=1, dtype=np.float64, keepdims=True).astype(np.float32)
+    std = np.sqrt(np.square(maps).mean(axis=1, dtype=np.float64, keepdims=True))
     if (std == 0).any():
         raise FloatingPointError("The predicted map is constant: it carries no prediction.")
-    return (maps - mean) / std
+    maps /= std.astype(np.float32)
+    return maps

@@ -9,6 +9,7 @@ from nimare_mnm.brain import (
     PeakDensity,
     load_atlas,
     load_mask,
+    smoothing_operator,
     study_coordinates,
 )
 
@@ -180,6 +181,27 @@ def test_vectorizer_round_trip(vectorizer, levels):
         v.inverse_transform(np.full((1, v.n_components_), np.nan))
     with pytest.raises(RuntimeError, match="not fitted"):
         BrainVectorizer().transform(maps)
+
+
+def test_smoothing_operator_matches_volume_smoothing():
+    """The sparse operator equals spreading supervoxels and smoothing the whole volume."""
+    from scipy.ndimage import gaussian_filter
+
+    mask = np.asanyarray(load_mask().dataobj) > 0
+    _, assignment = np.unique(np.argwhere(mask) // 4, axis=0, return_inverse=True)
+    assignment = assignment.ravel()
+    n = int(assignment.max()) + 1
+    operator = smoothing_operator(assignment, n, fwhm=6.0)
+    assert operator.shape == (mask.sum(), n)
+    vectors = np.random.default_rng(0).standard_normal((2, n)).astype(np.float32)
+    maps = vectors @ operator.T
+    sigma = 6.0 / np.sqrt(8 * np.log(2)) / 2.0
+    weight = gaussian_filter(mask.astype(np.float64), sigma, mode="constant", truncate=3.0)
+    for vector, smoothed in zip(vectors, maps):
+        volume = np.zeros(mask.shape)
+        volume[mask] = vector[assignment]
+        volume = gaussian_filter(volume, sigma, mode="constant", truncate=3.0)
+        np.testing.assert_allclose(smoothed, volume[mask] / weight[mask], rtol=1e-4, atol=1e-5)
 
 
 def test_missing_atlas_is_a_clear_error(tmp_path, monkeypatch):

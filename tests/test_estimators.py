@@ -209,7 +209,7 @@ def test_pretrained_is_small_and_records_its_split():
     assert len(training["study_ids_sha256"]) == 64
 
 
-def test_transform_outputs(pretrained):
+def test_transform_outputs(pretrained, tmp_path):
     from nimare.results import MetaResult
 
     res = pretrained.transform("working memory")
@@ -218,15 +218,39 @@ def test_transform_outputs(pretrained):
     assert img.shape == (91, 109, 91) and np.allclose(img.affine, load_mask().affine)
     z = res.maps["z"]
     assert np.isfinite(z).all() and abs(z.mean()) < 1e-3 and abs(z.std() - 1) < 1e-3
-    for level in ("yeo7", "yeo17", "subcortical"):
-        assert np.isfinite(res.maps[f"z_level-{level}"]).all()
     levels = res.tables["levels"]
     assert set(levels["level"]) == {"yeo7", "yeo17", "subcortical"}
     assert len(levels) == 7 + 17 + 15
+    assert list(res.maps) == ["z", "z_level-yeo7", "z_level-yeo17", "z_level-subcortical"]
+    for level in ("yeo7", "yeo17", "subcortical"):
+        level_map = res.maps[f"z_level-{level}"]
+        assert level_map.dtype == np.float32 and np.isfinite(level_map).all()
+        labels = pretrained.region_labels_[level]
+        assert (level_map[labels < 0] == 0).all()
+        rows = levels[levels["level"] == level].reset_index(drop=True)
+        for r, row in rows.iterrows():
+            inside = labels == r
+            assert row["n_voxels"] == inside.sum()
+            # the table describes the whole-brain map inside the region...
+            np.testing.assert_allclose(row["mean_z"], z[inside].mean(), atol=1e-4)
+            np.testing.assert_allclose(row["sd_z"], z[inside].std(), rtol=1e-4)
+            assert row["peak_z"] == pytest.approx(z[inside].max())
+            # ...and the level map is that region z-scored on its own
+            assert abs(level_map[inside].mean()) < 1e-4
+            assert level_map[inside].std() == pytest.approx(1, abs=1e-4)
+        assert rows.loc[rows["rank"] == 1, "mean_z"].item() == rows["mean_z"].max()
+    # NiMARE's copy and save see a plain dictionary with every map
+    copied = res.copy()
+    assert type(copied.maps) is dict and list(copied.maps) == list(res.maps)
+    for name in res.maps:
+        np.testing.assert_array_equal(copied.maps[name], res.maps[name])
+    res.save_maps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{m}.nii.gz" for m in res.maps)
     assert res.tables["query"]["generality"].iloc[0] > 0
     many = pretrained.transform(["working memory", "face perception"])
     # Batched text encoding pads sequences: equal up to float32 rounding.
     assert len(many) == 2 and np.allclose(many[0].maps["z"], z, atol=1e-3)
+    np.testing.assert_allclose(many[0].maps["z_level-yeo17"], res.maps["z_level-yeo17"], atol=1e-2)
     with pytest.raises(ValueError, match="empty"):
         pretrained.transform("")
     with pytest.raises(TypeError):
