@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import nibabel as nib
@@ -29,12 +30,24 @@ MIN_COVERAGE = 0.9
 MIN_SIGNAL_INSIDE = 0.5
 
 
-def _world_to_voxels(affine: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-    return nib.affines.apply_affine(np.linalg.inv(affine), xyz)
+@lru_cache(maxsize=1)
+def _mask_voxels() -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Homogeneous voxel indices (n_voxels, 4) of the MNI152 mask, its affine and shape."""
+    from nimare_mnm.brain import load_mask
+
+    mask_img = load_mask()
+    ijk = np.argwhere(np.asanyarray(mask_img.dataobj) > 0)
+    return np.c_[ijk, np.ones(len(ijk))], mask_img.affine, mask_img.shape
 
 
 def load_brain_image(img) -> np.ndarray:
     """Read a statistical map in MNI space onto the MNI152 2 mm brain mask.
+
+    An image on another grid is sampled at the mask voxels by linear interpolation
+    (:func:`scipy.ndimage.map_coordinates`, order 1: no spline overshoot, so a negative map
+    stays negative). This gives the values of nilearn's
+    ``resample_to_img(img, mask, interpolation="linear")`` inside the mask without
+    resampling the whole volume.
 
     Parameters
     ----------
@@ -55,9 +68,7 @@ def load_brain_image(img) -> np.ndarray:
         brain or whose signal lies mostly outside it (not in MNI space); NaN or infinite
         values inside the brain; a map that is all zero inside the brain.
     """
-    from nilearn.image import resample_to_img
-
-    from nimare_mnm.brain import load_mask
+    from scipy.ndimage import map_coordinates
 
     if isinstance(img, (str, os.PathLike)):
         if not os.path.exists(img):
@@ -75,43 +86,40 @@ def load_brain_image(img) -> np.ndarray:
             f"Expected a 3D statistical map, got a {img.ndim}D image of shape {img.shape}: "
             "decode one volume at a time (nilearn.image.index_img)."
         )
-    mask_img = load_mask()
-    mask = np.asanyarray(mask_img.dataobj) > 0
+    voxels, mask_affine, mask_shape = _mask_voxels()
     data = np.asanyarray(img.dataobj).astype(np.float32)
-    # Does the image's field of view cover the MNI brain?
-    ijk = _world_to_voxels(
-        img.affine, nib.affines.apply_affine(mask_img.affine, np.argwhere(mask))
-    )
-    inside = np.all((ijk > -0.5) & (ijk < np.asarray(img.shape) - 0.5), axis=1)
-    if inside.mean() < MIN_COVERAGE:
-        raise ValueError(
-            f"The image covers only {100 * inside.mean():.0f} % of the MNI152 brain: it does "
-            "not look like a map in MNI space (check its affine, or normalise it first)."
-        )
-    same_grid = img.shape == mask.shape and np.allclose(img.affine, mask_img.affine)
-    if same_grid:
-        values = data[mask]
+    # Where each mask voxel falls in the image's voxel grid.
+    to_image = np.linalg.inv(img.affine) @ mask_affine
+    coords = (voxels @ to_image[:3].T).T
+    if np.allclose(to_image, np.eye(4)) and img.shape == mask_shape:
+        values = data[tuple(voxels[:, :3].astype(int).T)]
     else:
-        # Linear interpolation: no spline overshoot (a negative map stays negative).
-        clean = nib.Nifti1Image(np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), img.affine)
-        resampled = resample_to_img(
-            clean, mask_img, interpolation="linear", force_resample=True, copy_header=True
-        )
-        values = np.asanyarray(resampled.dataobj).astype(np.float32)[mask]
-        # NaN inside the brain must not be hidden by the resampling above.
-        nan_img = nib.Nifti1Image((~np.isfinite(data)).astype(np.float32), img.affine)
-        nan_frac = resample_to_img(
-            nan_img, mask_img, interpolation="nearest", force_resample=True, copy_header=True
-        )
-        values[np.asanyarray(nan_frac.dataobj)[mask] > 0] = np.nan
+        shape = np.asarray(img.shape)[:, None]
+        inside = np.all((coords > -0.5) & (coords < shape - 0.5), axis=0)
+        if inside.mean() < MIN_COVERAGE:
+            raise ValueError(
+                f"The image covers only {100 * inside.mean():.0f} % of the MNI152 brain: it "
+                "does not look like a map in MNI space (check its affine, or normalise it "
+                "first)."
+            )
+        finite = np.isfinite(data)
+        clean = data if finite.all() else np.where(finite, data, 0.0).astype(np.float32)
+        values = map_coordinates(clean, coords, order=1, mode="constant", cval=0.0)
+        if not finite.all():
+            # NaN inside the brain must not be hidden by the interpolation.
+            nearest = np.clip(np.rint(coords).astype(int), 0, shape - 1)
+            values[inside & ~finite[tuple(nearest)]] = np.nan
         # Signal outside the MNI brain means the image is in another space.
-        total = np.abs(np.nan_to_num(data)).sum() * abs(np.linalg.det(img.affine[:3, :3]))
-        kept = np.abs(np.nan_to_num(values)).sum() * abs(np.linalg.det(mask_img.affine[:3, :3]))
+        total = np.abs(clean).sum(dtype=np.float64) * abs(np.linalg.det(img.affine[:3, :3]))
+        kept = np.abs(np.nan_to_num(values)).sum(dtype=np.float64) * abs(
+            np.linalg.det(mask_affine[:3, :3])
+        )
         if total > 0 and kept / total < MIN_SIGNAL_INSIDE:
             raise ValueError(
                 f"Only {100 * kept / total:.0f} % of the image's signal falls inside the MNI152 "
                 "brain: it does not look like a map in MNI space."
             )
+    values = values.astype(np.float32)
     bad = ~np.isfinite(values)
     if bad.any():
         raise ValueError(

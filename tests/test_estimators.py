@@ -183,6 +183,29 @@ def test_bad_images(tmp_path):
     assert values.shape == (mask.sum(),) and np.median(values) > 0.9
 
 
+def test_load_brain_image_matches_nilearn_resampling():
+    from nilearn.datasets import load_sample_motor_activation_image
+    from nilearn.image import resample_img, resample_to_img
+
+    mask_img = load_mask()
+    mask = np.asanyarray(mask_img.dataobj) > 0
+    noise = np.random.default_rng(0).standard_normal(mask.shape) * mask
+    oblique = resample_img(  # an anisotropic grid with another origin
+        _img(noise),
+        target_affine=np.diag([3.0, 2.5, 4.0]),
+        interpolation="continuous",
+        force_resample=True,
+        copy_header=True,
+    )
+    for img in (nib.load(load_sample_motor_activation_image()), oblique):
+        expected = resample_to_img(
+            img, mask_img, interpolation="linear", force_resample=True, copy_header=True
+        )
+        np.testing.assert_allclose(
+            load_brain_image(img), np.asanyarray(expected.dataobj)[mask], atol=1e-5
+        )
+
+
 # ------------------------------------------------------------------ pretrained model
 @pytest.fixture(scope="module")
 def pretrained():
