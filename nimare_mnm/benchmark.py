@@ -172,7 +172,7 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
         ``records`` (one dict per model) and the run's metadata.
     """
     from nimare_mnm.brain import BrainLevels, BrainVectorizer, PeakDensity
-    from nimare_mnm.datasets import load_neuroquery
+    from nimare_mnm.datasets import load_neuroquery, query_views
     from nimare_mnm.encoder import PRETRAINED_DIR, _ids_digest
     from nimare_mnm.evaluation import (
         generality_spearman,
@@ -215,6 +215,13 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
     peaks = _peak_voxels(test_set, test_arr.ids)
     terms, frequency = _term_table(studyset, train_arr.ids)
     term_embeddings = encoder.encode(terms)
+    train_views = None
+    if any(
+        preset(MODELS[m]["preset"]).get("query_views") for m in cfg.models if "preset" in MODELS[m]
+    ):
+        train_views = encoder.encode(
+            [v for row in query_views(train_arr.texts, seed=cfg.seed) for v in row]
+        ).reshape(len(train_arr.ids), -1, train_arr.text.shape[1])
     prepared_train = prepare_brain(train_arr.brain)["brain"]
     prepared_test = prepare_brain(test_arr.brain)["brain"]
 
@@ -254,6 +261,7 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
                 ),
                 layout=layout,
                 val_rows=val_rows,
+                text_views=train_views if entry.get("query_views", False) else None,
             )
             fit_seconds = time.perf_counter() - t0
             model = result.model.cpu().eval()

@@ -189,7 +189,7 @@ class MNMEncoder(NiMAREBase):
         self
         """
         from nimare_mnm.brain import BrainLevels, BrainVectorizer, PeakDensity
-        from nimare_mnm.datasets import as_studyset
+        from nimare_mnm.datasets import as_studyset, query_views
         from nimare_mnm.features import corpus_arrays
         from nimare_mnm.losses import preset as get_preset
         from nimare_mnm.model import LevelLayout, MNMConfig
@@ -232,6 +232,12 @@ class MNMEncoder(NiMAREBase):
             seed=self.seed,
             device=self.device,
         )
+        views = None
+        if spec.get("query_views", False):
+            views = self._get_text_encoder().encode(
+                [v for row in query_views(arrays.texts, seed=self.seed) for v in row]
+            )
+            views = views.reshape(len(arrays.ids), -1, views.shape[1])
         result = train(
             arrays.text,
             arrays.brain,
@@ -239,6 +245,7 @@ class MNMEncoder(NiMAREBase):
             loss_config=spec["loss"],
             train_config=train_config,
             layout=layout,
+            text_views=views,
         )
         self._set_fitted(
             model=result.model.cpu(),

@@ -99,7 +99,9 @@ w_reconstruction : :obj:`float`
 
 
 #: Configurations of the models compared by nimare-mnm (see the evaluation). ``geometry`` and
-#: ``decoder`` are the matching :class:`~nimare_mnm.model.MNMConfig` settings.
+#: ``decoder`` are the matching :class:`~nimare_mnm.model.MNMConfig` settings; ``query_views``
+#: (default False) trains on short views of each study as well (see
+#: :func:`nimare_mnm.training.train`).
 PRESETS: dict[str, dict] = {
     # Exterior-angle contrastive in both directions: on the NeuroQuery validation split
     # (10 epochs, no level term) it reached Recall@10 13.3 % against 9.9 % by distance.
@@ -113,6 +115,9 @@ PRESETS: dict[str, dict] = {
         ),
         "geometry": "lorentz",
         "decoder": True,
+        # Also train on short views of each study (title, keywords, a few terms), see
+        # nimare_mnm.datasets.query_views.
+        "query_views": True,
     },
     "mnm": {
         "loss": LossConfig(

@@ -249,6 +249,8 @@ def train(
     train_config: TrainConfig | None = None,
     layout: LevelLayout | None = None,
     val_rows: np.ndarray | None = None,
+    text_views: np.ndarray | None = None,
+    view_prob: float = 0.5,
 ) -> TrainResult:
     """Train the backbone on paired text embeddings and brain vectors.
 
@@ -268,6 +270,14 @@ def train(
         Level structure of the brain vector (needed by the level entailment term).
     val_rows : :class:`numpy.ndarray`, optional
         Rows used for validation; by default a seeded ``val_fraction`` of the rows.
+    text_views : :class:`numpy.ndarray`, optional
+        (n, n_views, text_dim) embeddings of short texts of the same studies (see
+        :func:`nimare_mnm.datasets.query_views`): at each step a study's text is replaced by
+        one of its views with probability ``view_prob``, and the linear decoder is fitted on
+        the views as well, so that short queries land where the studies they describe do.
+        Validation always uses the full texts.
+    view_prob : :obj:`float`, default=0.5
+        Probability of using a view instead of the full text.
 
     Returns
     -------
@@ -287,6 +297,17 @@ def train(
         )
     if not np.isfinite(text).all():
         raise ValueError("Text embeddings contain NaN or infinite values.")
+    if text_views is not None:
+        text_views = np.asarray(text_views, dtype=np.float32)
+        if text_views.ndim != 3 or text_views.shape[::2] != text.shape:
+            raise ValueError(
+                f"text_views must be (n_studies, n_views, {text.shape[1]}) for {len(text)} "
+                f"studies, got {text_views.shape}."
+            )
+        if not np.isfinite(text_views).all():
+            raise ValueError("Text view embeddings contain NaN or infinite values.")
+        if not 0.0 <= view_prob <= 1.0:
+            raise ValueError(f"view_prob must be in [0, 1], got {view_prob}.")
     prepared = prepare_brain(brain, layout)
     mcfg = model_config or MNMConfig(text_dim=text.shape[1], brain_dim=prepared["brain"].shape[1])
     if (mcfg.text_dim, mcfg.brain_dim) != (text.shape[1], prepared["brain"].shape[1]):
@@ -328,6 +349,7 @@ def train(
         return torch.as_tensor(prepared[name], device=device) if name in prepared else None
 
     text_t = torch.as_tensor(text, device=device)
+    views_t = None if text_views is None else torch.as_tensor(text_views, device=device)
     brain_t, breadth_t, mass_t = tensor("brain"), tensor("breadth"), tensor("region_mass")
 
     scalars = {id(p) for p in model.scalar_parameters()}
@@ -370,13 +392,19 @@ def train(
     history, best, best_state, best_epoch, bad_epochs, step = [], (-1.0,), None, -1, 0, 0
     for epoch in range(cfg.epochs):
         model.train()
-        order = fit_rows[np.random.default_rng([cfg.seed, epoch]).permutation(len(fit_rows))]
+        rng = np.random.default_rng([cfg.seed, epoch])
+        order = fit_rows[rng.permutation(len(fit_rows))]
         sums: dict[str, float] = {}
         for b in range(steps_per_epoch):
             rows = order[b * batch : (b + 1) * batch][rank * local : (rank + 1) * local]
             idx = torch.as_tensor(rows, device=device)
+            batch_text = text_t[idx]
+            if views_t is not None:
+                use = torch.as_tensor(rng.random(len(rows)) < view_prob, device=device)
+                pick = torch.as_tensor(rng.integers(views_t.shape[1], size=len(rows)))
+                batch_text = torch.where(use[:, None], views_t[idx, pick.to(device)], batch_text)
             terms = objective(
-                text_t[idx],
+                batch_text,
                 brain_t[idx],
                 breadth_t[idx],
                 mass_t[idx] if mass_t is not None else None,
@@ -435,13 +463,13 @@ def train(
     model.load_state_dict(best_state)
     model.eval()
     if isinstance(model.decoder, torch.nn.Linear):
-        fit_linear_decoder(
-            model,
-            text[fit_rows],
-            prepared["brain"][fit_rows],
-            text[val_rows],
-            prepared["brain"][val_rows],
-        )
+        fit_text, fit_brain = text[fit_rows], prepared["brain"][fit_rows]
+        if text_views is not None:
+            # The decoder also learns to map short texts to their studies' maps.
+            n_views = text_views.shape[1]
+            fit_text = np.concatenate([fit_text, text_views[fit_rows].reshape(-1, text.shape[1])])
+            fit_brain = np.concatenate([fit_brain, np.repeat(fit_brain, n_views, axis=0)])
+        fit_linear_decoder(model, fit_text, fit_brain, text[val_rows], prepared["brain"][val_rows])
     return TrainResult(
         model=model,
         history=history,
@@ -505,7 +533,10 @@ def fit_linear_decoder(
     t_mean, y_mean = t_fit.mean(axis=0), brain.mean(axis=0, dtype=np.float64)
     tc = t_fit - t_mean
     gram = tc.T @ tc
-    cross = tc.T @ (brain - y_mean)
+    cross = np.zeros((tc.shape[1], brain.shape[1]))
+    for start in range(0, len(tc), 8192):  # bounded float64 temporaries
+        chunk = slice(start, start + 8192)
+        cross += tc[chunk].T @ (brain[chunk] - y_mean)
     scale = np.trace(gram) / len(gram)
     best = None
     for alpha in RIDGE_ALPHAS:

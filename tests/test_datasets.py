@@ -53,6 +53,34 @@ def test_neuroquery_texts_order_terms_by_tfidf():
     assert texts[2] == "Abstract terms: brain."
 
 
+def test_query_views():
+    from nimare_mnm.datasets import N_QUERY_VIEWS, query_views
+
+    neuroquery = (
+        "Fear and the amygdala. Keywords: fear; amygdala; conditioning. "
+        "Abstract terms: fear, amygdala, conditioned stimulus, extinction, shock, skin."
+    )
+    abstract = "A title here. First sentence of the abstract. Second one."
+    views = query_views([neuroquery, abstract, "Only a title"], seed=0)
+    assert [len(v) for v in views] == [N_QUERY_VIEWS] * 3
+    title, keywords, terms = views[0]
+    assert title == "Fear and the amygdala"
+    assert keywords == "fear, amygdala, conditioning"
+    drawn = terms.split(", ")
+    assert 2 <= len(drawn) <= 5 and len(set(drawn)) == len(drawn)
+    assert set(drawn) <= {
+        "fear",
+        "amygdala",
+        "conditioned stimulus",
+        "extinction",
+        "shock",
+        "skin",
+    }
+    assert views[1][:2] == ["A title here", "First sentence of the abstract"]
+    assert views[2] == ["Only a title"] * 3
+    assert query_views([neuroquery], seed=0) == views[:1]  # seeded
+
+
 def test_study_texts_prefers_real_abstracts():
     ss = make_studyset(
         {"a": [(0, 0, 0)], "b": [(0, 0, 0)]}, abstracts=["Working memory in n-back.", ""]

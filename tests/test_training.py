@@ -158,6 +158,36 @@ def test_bad_inputs_are_refused():
         MNMConfig(4, 4, curvature=100)
 
 
+def test_query_views_teach_short_queries():
+    """Training on partial views of each text makes such views retrieve their studies."""
+    text, brain = linked_corpus(n=600)
+    rng = np.random.default_rng(1)
+    # A view keeps a random 15 % of the text's features (a short text says less).
+    keep = rng.random((len(text), 3, text.shape[1])) < 0.15
+    views = (text[:, None, :] * keep / 0.15).astype(np.float32)
+    kw = dict(
+        model_config=small(text, brain),
+        loss_config=LossConfig(contrastive="angle", symmetric=True),
+        train_config=TrainConfig(
+            epochs=30, batch_size=64, lr=3e-3, patience=30, show_progress=False
+        ),
+    )
+    recall = {}
+    for name, text_views in (("plain", None), ("views", views)):
+        res = train(text, brain, text_views=text_views, **kw)
+        model, val = res.model, res.val_rows
+        with torch.no_grad():
+            q = model.encode_text(torch.as_tensor(views[val].reshape(-1, text.shape[1])))
+            b = model.encode_brain(torch.as_tensor(prepare_brain(brain[val])["brain"]))
+            sim = similarity("angle", q, b, model.curvature).numpy()
+        target = np.repeat(np.arange(len(val)), 3)
+        ranks = (sim > sim[np.arange(len(target)), target][:, None]).sum(axis=1)
+        recall[name] = float(np.mean(ranks < 10))
+    assert recall["views"] > recall["plain"] + 0.05, recall
+    with pytest.raises(ValueError, match="text_views"):
+        train(text, brain, text_views=views[:10], **kw)
+
+
 def test_seed_makes_runs_repeatable():
     text, brain = linked_corpus(n=200)
     kw = dict(
