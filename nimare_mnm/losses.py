@@ -51,8 +51,11 @@ class LossConfig:
     symmetric : :obj:`bool`, default=True
         Add the brain -> text direction to the contrastive term.
     w_contrastive, w_centroid, w_hierarchy, w_entail_text_brain, w_entail_levels, \
-w_reconstruction : :obj:`float`
-        Term weights; 0 switches a term off.
+w_reconstruction, w_view_order : :obj:`float`
+        Term weights; 0 switches a term off. ``view_order`` (used with query views, see
+        :func:`nimare_mnm.training.train`) asks a study's short view to lie nearer the origin
+        than its full text, by ``view_margin`` in log distance: a title or a few terms say
+        less, so they are more general.
     centroid_text_radius, centroid_brain_radius : :obj:`float`
         Target distances of the batch centroids from the origin (MNM).
     level_direction : {"whole_to_part", "part_to_whole"}, default="part_to_whole"
@@ -71,6 +74,8 @@ w_reconstruction : :obj:`float`
     w_entail_text_brain: float = 0.0
     w_entail_levels: float = 0.0
     w_reconstruction: float = 0.0
+    w_view_order: float = 0.0
+    view_margin: float = 0.2
     centroid_text_radius: float = 1.0
     centroid_brain_radius: float = 2.0
     level_direction: str = "part_to_whole"
@@ -112,11 +117,16 @@ PRESETS: dict[str, dict] = {
             symmetric=True,
             w_entail_text_brain=0.1,
             w_entail_levels=0.05,
+            w_view_order=1.0,
         ),
         "geometry": "lorentz",
         "decoder": True,
         # Also train on short views of each study (title, keywords, a few terms), see
-        # nimare_mnm.datasets.query_views.
+        # nimare_mnm.datasets.query_views. Validation split, same seed, against no views:
+        # Recall@10 with the title as query 8.4 -> 9.9 %, with a few terms 5.4 -> 7.1 %, full
+        # text 13.1 -> 13.0 %. Without the view order term, views alone pushed single words
+        # farther from the origin than sentences (term generality vs frequency rho +0.11);
+        # with it, -0.05.
         "query_views": True,
     },
     "mnm": {
@@ -194,6 +204,8 @@ def compute_losses(
     region_mass: torch.Tensor | None = None,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     offset: int = 0,
+    full_text: torch.Tensor | None = None,
+    view_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Compute every enabled loss term for one (local) batch.
 
@@ -216,6 +228,9 @@ def compute_losses(
         batch-level terms then see the global batch. Identity when None.
     offset : :obj:`int`
         Position of the local batch in the gathered one.
+    full_text, view_mask : :class:`torch.Tensor`, optional
+        With query views: the studies' full-text embeddings (b, text_dim) and which rows of
+        ``text`` are short views of them (b,) (needed by ``view_order``).
 
     Returns
     -------
@@ -276,6 +291,17 @@ def compute_losses(
             cone = lorentz.entailment_loss(region_pts, whole, c, config.min_radius)
         loss = (cone * valid).sum() / valid.sum().clamp(min=1.0)
         terms["entail_levels"] = config.w_entail_levels * loss
+
+    if config.w_view_order > 0 and view_mask is not None:
+        if full_text is None:
+            raise ValueError("The view order term needs the full texts of the views.")
+        views = text_pts[view_mask]
+        full = model.encode_text(full_text[view_mask])
+        gap = torch.log(model.generality(views).clamp(min=1e-6)) - torch.log(
+            model.generality(full).clamp(min=1e-6)
+        )
+        loss = torch.relu(gap + config.view_margin).mean() if len(views) else gap.sum()
+        terms["view_order"] = config.w_view_order * loss
 
     if config.w_reconstruction > 0:
         terms["reconstruction"] = config.w_reconstruction * _pearson_loss(

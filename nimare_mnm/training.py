@@ -209,7 +209,7 @@ class _Objective(torch.nn.Module):
         super().__init__()
         self.model, self.config, self.gather, self.offset = model, config, gather, offset
 
-    def forward(self, text, brain, breadth, region_mass):
+    def forward(self, text, brain, breadth, region_mass, full_text=None, view_mask=None):
         return compute_losses(
             self.model,
             text,
@@ -219,6 +219,8 @@ class _Objective(torch.nn.Module):
             region_mass=region_mass,
             gather=self.gather,
             offset=self.offset,
+            full_text=full_text,
+            view_mask=view_mask,
         )
 
 
@@ -398,7 +400,7 @@ def train(
         for b in range(steps_per_epoch):
             rows = order[b * batch : (b + 1) * batch][rank * local : (rank + 1) * local]
             idx = torch.as_tensor(rows, device=device)
-            batch_text = text_t[idx]
+            batch_text, use = text_t[idx], None
             if views_t is not None:
                 use = torch.as_tensor(rng.random(len(rows)) < view_prob, device=device)
                 pick = torch.as_tensor(rng.integers(views_t.shape[1], size=len(rows)))
@@ -408,6 +410,8 @@ def train(
                 brain_t[idx],
                 breadth_t[idx],
                 mass_t[idx] if mass_t is not None else None,
+                text_t[idx],
+                use,
             )
             _check_finite(terms, step, epoch)
             optimizer.zero_grad(set_to_none=True)

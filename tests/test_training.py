@@ -257,6 +257,29 @@ def test_losses_use_levels_and_directions():
     )
 
 
+def test_view_order_term():
+    """A short view farther from the origin than its full text is penalised, not the reverse."""
+    rng = np.random.default_rng(0)
+    model = MNMModel(MNMConfig(8, 20, embed_dim=6, hidden_dim=16, dropout=0.0)).eval()
+    brain = torch.as_tensor(prepare_brain(rng.random((4, 20)).astype(np.float32) + 0.01)["brain"])
+    full = torch.as_tensor(rng.random((4, 8)), dtype=torch.float32)
+    cfg = LossConfig(w_view_order=1.0, view_margin=0.0)
+    mask = torch.tensor([True, True, False, False])
+    with torch.no_grad():
+        radius = model.generality(model.encode_text(full))
+    # Views scaled from the full texts: the head is not linear, so check the radii it gives.
+    for factor in (0.1, 3.0):
+        views = torch.where(mask[:, None], full * factor, full)
+        with torch.no_grad():
+            farther = model.generality(model.encode_text(views))[:2] > radius[:2]
+        term = compute_losses(model, views, brain, cfg, full_text=full, view_mask=mask)
+        assert ("view_order" in term) and torch.isfinite(term["view_order"])
+        assert (term["view_order"] > 0) == bool(farther.any())
+    with pytest.raises(ValueError, match="full texts"):
+        compute_losses(model, views, brain, cfg, view_mask=mask)
+    assert "view_order" not in compute_losses(model, full, brain, cfg)  # no views
+
+
 def _run(cmd, env):
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
