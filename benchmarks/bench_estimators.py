@@ -72,11 +72,12 @@ def main():
         decode_times.append(time.perf_counter() - t0)
 
     sys.path.insert(0, str(REPO / "tests"))
-    hits = None
+    hits = known = None
     if (Path(args.data_dir) / "atlases").is_dir():
-        from test_estimators import textbook_hits
+        from test_estimators import KNOWN_MISSES, textbook_hits
 
         hits = textbook_hits(encoder, args.data_dir)
+        known = textbook_hits(encoder, args.data_dir, KNOWN_MISSES)
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO
     ).stdout.strip()
@@ -93,6 +94,10 @@ def main():
         "textbook_hits": None if hits is None else int(sum(h for _, h in hits.values())),
         "textbook_total": None if hits is None else len(hits),
         "textbook_peaks": None if hits is None else {q: w for q, (w, _) in hits.items()},
+        # Queries the corpus does not support (see tests/test_estimators.py), not counted.
+        "known_misses_peaks": None
+        if known is None
+        else {q: {"peak": w, "hit": bool(h)} for q, (w, h) in known.items()},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "commit": commit,
     }
