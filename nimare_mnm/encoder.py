@@ -162,7 +162,13 @@ class MNMEncoder(NiMAREBase):
         # The sentence encoder reloads itself; the masker is rebuilt on demand.
         state.pop("_text_encoder", None)
         state.pop("_masker", None)
+        state.pop("_region_index", None)  # rebuilt from region_labels_ (layout may change)
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "region_labels_" in state:
+            self._index_regions()
 
     # ------------------------------------------------------------------ fitting
     def _check_fitted(self) -> None:
