@@ -90,10 +90,10 @@ def load_brain_image(img) -> np.ndarray:
     data = np.asanyarray(img.dataobj).astype(np.float32)
     # Where each mask voxel falls in the image's voxel grid.
     to_image = np.linalg.inv(img.affine) @ mask_affine
-    coords = (voxels @ to_image[:3].T).T
     if np.allclose(to_image, np.eye(4)) and img.shape == mask_shape:
         values = data[tuple(voxels[:, :3].astype(int).T)]
     else:
+        coords = (voxels @ to_image[:3].T).T
         shape = np.asarray(img.shape)[:, None]
         inside = np.all((coords > -0.5) & (coords < shape - 0.5), axis=0)
         if inside.mean() < MIN_COVERAGE:

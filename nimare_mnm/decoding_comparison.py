@@ -362,19 +362,18 @@ def run_decoding_comparison(
     scores = {"CorrelationDecoder": [], "MNMDecoder": []}
     times = {"CorrelationDecoder": [], "MNMDecoder": []}
     n_nan = {"CorrelationDecoder": 0, "MNMDecoder": 0}
+    decoders = (
+        ("CorrelationDecoder", corr, "r", corr_index),
+        ("MNMDecoder", mnm, "score", vocab),
+    )
     for img in imgs:
-        t0 = time.perf_counter()
-        out = corr.transform(img)
-        times["CorrelationDecoder"].append(time.perf_counter() - t0)
-        s = _scores(out, "r", corr_index)
-        n_nan["CorrelationDecoder"] += int(np.isneginf(s).sum())
-        scores["CorrelationDecoder"].append(s)
-        t0 = time.perf_counter()
-        out = mnm.transform(img)
-        times["MNMDecoder"].append(time.perf_counter() - t0)
-        s = _scores(out, "score", vocab)
-        n_nan["MNMDecoder"] += int(np.isneginf(s).sum())
-        scores["MNMDecoder"].append(s)
+        for name, decoder, column, index in decoders:
+            t0 = time.perf_counter()
+            out = decoder.transform(img)
+            times[name].append(time.perf_counter() - t0)
+            s = _scores(out, column, index)
+            n_nan[name] += int(np.isneginf(s).sum())
+            scores[name].append(s)
 
     frequency = counts.astype(np.float64)
     all_scores = {k: np.stack(v) for k, v in scores.items()}
