@@ -2,7 +2,8 @@
 
 Runs in a fresh process with the pretrained model shipped in the package. The textbook
 queries (``tests/test_estimators.py``) need the Harvard-Oxford atlas from the data directory;
-without it they are skipped. Writes ``benchmarks/results/estimators.json``.
+without it they are skipped. Writes ``benchmarks/results/estimators.json`` with the commit,
+date and machine it ran at (:func:`nimare_mnm.experiments.provenance.provenance`).
 
 Usage::
 
@@ -12,8 +13,6 @@ Usage::
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -78,9 +77,8 @@ def main():
 
         hits = textbook_hits(encoder, args.data_dir)
         known = textbook_hits(encoder, args.data_dir, KNOWN_MISSES)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO
-    ).stdout.strip()
+    from nimare_mnm.experiments.provenance import provenance  # after import_seconds
+
     size = sum(f.stat().st_size for f in (REPO / "nimare_mnm/data/pretrained").iterdir())
     out = {
         "import_seconds": round(import_seconds, 2),
@@ -98,8 +96,7 @@ def main():
         "known_misses_peaks": None
         if known is None
         else {q: {"peak": w, "hit": bool(h)} for q, (w, h) in known.items()},
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "commit": commit,
+        **provenance(),  # commit, dirty, date, machine
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

@@ -1,7 +1,8 @@
 """Benchmark the foundation: corpus loading, density maps, text embeddings, brain vectors.
 
-Writes ``benchmarks/results/features.json``. Each stage runs in its own process so that its
-peak memory (max resident set size) is its own.
+Writes ``benchmarks/results/features.json`` with the commit, date and machine it ran at
+(:func:`nimare_mnm.experiments.provenance.provenance`). Each stage runs in its own process so
+that its peak memory (max resident set size) is its own.
 
 Usage::
 
@@ -12,9 +13,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -192,17 +191,12 @@ def main():
     for stage in stages:
         print(f"running {stage.__name__} ...", flush=True)
         result.update(run(stage, args.data_dir, cache_dir))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    result.update(
-        {
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "python": sys.version.split()[0],
-            "commit": commit,
-            "date": time.strftime("%Y-%m-%d"),
-        }
-    )
+    # Imported here: the stages' processes re-import this module, and must measure their
+    # own imports.
+    from nimare_mnm.experiments.provenance import provenance
+
+    result["python"] = sys.version.split()[0]
+    result.update(provenance())  # commit, dirty, date, machine
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -3,7 +3,8 @@
 Trains the nimare-mnm configuration on the NeuroQuery training part (the protocol's test
 split is left out) with the level entailment term off, whole-to-part and part-to-whole, and
 writes ``benchmarks/results/level_direction.json`` with validation Recall@10, the level loss
-at the selected epoch, the mean brain radius and the fit time of each.
+at the selected epoch, the mean brain radius and the fit time of each, and the commit, date and
+machine it ran at (:func:`nimare_mnm.experiments.provenance.provenance`).
 
 Usage::
 
@@ -13,12 +14,12 @@ Usage::
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 from nimare_mnm import load_neuroquery
 from nimare_mnm.brain import BrainLevels, BrainVectorizer
 from nimare_mnm.evaluation import protocol_split
+from nimare_mnm.experiments.provenance import provenance
 from nimare_mnm.features import corpus_arrays
 from nimare_mnm.losses import preset
 from nimare_mnm.model import LevelLayout, MNMConfig
@@ -46,7 +47,7 @@ def main():
     vectorizer = BrainVectorizer(data_dir=args.data_dir).fit(levels)
     arrays = corpus_arrays(studyset, vectorizer=vectorizer, ids=train_ids)
     layout = LevelLayout.from_vectorizer(vectorizer, levels)
-    out = {"epochs": args.epochs, "date": time.strftime("%Y-%m-%d"), "variants": {}}
+    out = {"epochs": args.epochs, "variants": {}}
     for name, overrides in VARIANTS.items():
         result = train(
             arrays.text,
@@ -68,6 +69,7 @@ def main():
             "fit_seconds": result.fit_seconds,
         }
         print(name, json.dumps(out["variants"][name]), flush=True)
+    out.update(provenance())  # commit, dirty, date, machine
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 
 

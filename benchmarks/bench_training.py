@@ -3,7 +3,8 @@
 The protocol's test split is left out entirely; the validation split is carved from the
 training studies by :func:`nimare_mnm.training.train`. Text embeddings come from the
 TextEncoder's disk cache (the first run embeds the corpus, which takes minutes on a CPU).
-Writes ``benchmarks/results/training.json``.
+Writes ``benchmarks/results/training.json`` with the commit, date and machine it ran at
+(:func:`nimare_mnm.experiments.provenance.provenance`).
 
 Usage::
 
@@ -13,9 +14,7 @@ Usage::
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from nimare_mnm import load_neuroquery
 from nimare_mnm.brain import BrainLevels, BrainVectorizer
 from nimare_mnm.evaluation import protocol_split
+from nimare_mnm.experiments.provenance import provenance
 from nimare_mnm.features import corpus_arrays
 from nimare_mnm.losses import PRESETS
 from nimare_mnm.model import LevelLayout, MNMConfig
@@ -61,9 +61,6 @@ def main():
         layout=layout,
     )
     last = result.history[result.best_epoch]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     out = {
         "fit_seconds": result.fit_seconds,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -72,7 +69,6 @@ def main():
         "best_val_recall_at_10": result.best_val_recall_at_10,
         "best_val_recall_at_1": last["val_recall_at_1"],
         "chance_val_recall_at_10": 100.0 * 10 / len(result.val_rows),
-        "nonfinite_steps": result.nonfinite_steps,
         "device": result.device,
         "n_train": int(len(arrays.ids) - len(result.val_rows)),
         "n_val": int(len(result.val_rows)),
@@ -85,9 +81,7 @@ def main():
         "model_config": config.to_dict(),
         "loss_config": spec["loss"].to_dict(),
         "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "commit": commit,
-        "date": time.strftime("%Y-%m-%d"),
+        **provenance(),  # commit, dirty, date, machine
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

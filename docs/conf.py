@@ -196,11 +196,63 @@ def _trim(value, depth=0):
     return value
 
 
+def _recorded_provenance(path: Path) -> tuple[dict, str | None]:
+    """Return the provenance a results file records, and the JSON it was read from.
+
+    A JSON record is read itself; a markdown report or a figure is described by the JSON
+    record of the same name written with it (``quality.md`` and ``quality.png`` by
+    ``quality.json``), when there is one.
+    """
+    source = path if path.suffix == ".json" else path.with_suffix(".json")
+    if not source.is_file():
+        return {}, None
+    try:
+        record = json.loads(source.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}, None
+    if not isinstance(record, dict):
+        return {}, source.name
+    return {k: record.get(k) for k in ("commit", "dirty", "date", "machine")}, source.name
+
+
+def _provenance_rst(path: Path) -> list[str]:
+    """Return reST lines giving the commit (short hash) and date a results file records.
+
+    A missing commit or date is shown as a warning admonition, so a figure that cannot be
+    traced to the code that produced it stands out.
+    """
+    record, source = _recorded_provenance(path)
+    commit, date, dirty = record.get("commit"), record.get("date"), record.get("dirty")
+    parts, missing = [], []
+    if commit:
+        short = str(commit)[:7]
+        parts.append(f"commit ``{short}``" + (" (with uncommitted changes)" if dirty else ""))
+    else:
+        missing.append("no commit recorded")
+    if date:
+        parts.append(f"date {date}")
+    else:
+        missing.append("no date recorded")
+    if record.get("machine"):
+        parts.append(f"machine ``{record['machine']}``")
+    origin = "" if source in (None, path.name) else f" (from ``{source}``)"
+    rst = []
+    if parts:
+        rst += ["**Recorded**" + origin + ": " + "; ".join(parts) + ".", ""]
+    if missing:
+        where = f"``{source}``" if source else "this file (no JSON record beside it)"
+        text = " and ".join(missing).capitalize()
+        rst += [".. warning::", "", f"   {text} in {where}.", ""]
+    return rst
+
+
 class BenchmarkResults(Directive):
     """``.. nimare-mnm-results::``: every file of benchmarks/results, whichever exist.
 
     Markdown reports are rendered as tables, PNG figures as images, and JSON records as
-    (shortened) literal blocks, except a JSON whose markdown twin is shown.
+    (shortened) literal blocks, except a JSON whose markdown twin is shown. Under each file's
+    heading: the commit (short hash) and date the file records (see
+    :func:`nimare_mnm.experiments.provenance.provenance`), or a warning when it records none.
     """
 
     has_content = False
@@ -219,17 +271,19 @@ class BenchmarkResults(Directive):
             env.note_dependency(str(path))
             rel = os.path.relpath(path, REPO)
             if path.suffix == ".md":
-                rst += [f".. rubric:: ``{rel}``", ""]
+                rst += [f".. rubric:: ``{rel}``", "", *_provenance_rst(path)]
                 rst += _markdown_to_rst(path.read_text(encoding="utf-8"))
             elif path.suffix == ".png":
                 image = "/" + os.path.relpath(path, DOCS)  # "/" = relative to docs/
-                rst += [f".. rubric:: ``{rel}``", "", f".. image:: {image}", "   :width: 100%", ""]
+                rst += [f".. rubric:: ``{rel}``", "", *_provenance_rst(path)]
+                rst += [f".. image:: {image}", "   :width: 100%", ""]
             elif path.suffix == ".json" and path.stem not in stems_md:
                 try:
                     shown = json.dumps(_trim(json.loads(path.read_text())), indent=2)
                 except ValueError:
                     continue
-                rst += [f".. rubric:: ``{rel}``", "", ".. code-block:: json", ""]
+                rst += [f".. rubric:: ``{rel}``", "", *_provenance_rst(path)]
+                rst += [".. code-block:: json", ""]
                 rst += ["   " + line for line in shown.splitlines()] + [""]
         container = nodes.container()
         lines = StringList(rst, source=str(folder))

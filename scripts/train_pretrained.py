@@ -3,8 +3,11 @@
 The model is trained on the NeuroQuery studies outside the evaluation protocol's test split
 (:func:`nimare_mnm.evaluation.protocol_split`, seed 0): the test studies are dropped from the
 Studyset before the encoder sees it. The checkpoint's configuration records the corpus, the
-split seed, the number of training and test studies and SHA-256 digests of both id lists, so
-anyone can check that the test split stayed unseen.
+split seed, the number of training and test studies and SHA-256 digests of both id lists, and
+``test_ids_disjoint``, computed from the ids the encoder was fitted on (the script refuses to
+write a checkpoint whose training ids meet the test split). The checkpoint stores those ids
+(``studies.ids``), so anyone with the corpus can recompute the split and check that the test
+studies stayed unseen (``tests/test_estimators.py``).
 
 Usage::
 
@@ -31,6 +34,29 @@ SPLIT_SEED = 0
 TEST_FRACTION = 0.1
 
 
+def check_disjoint(trained_ids, test_ids) -> bool:
+    """Return True when no study id the model was trained on is a test id; raise otherwise.
+
+    Parameters
+    ----------
+    trained_ids, test_ids : sequence
+        The ids of the studies the encoder was fitted on (``MNMEncoder.study_ids_``, the ids
+        stored in the checkpoint) and the protocol's test ids; compared as strings.
+
+    Raises
+    ------
+    RuntimeError
+        Some test studies reached the training set; nothing is written.
+    """
+    leaked = sorted(set(map(str, trained_ids)) & set(map(str, test_ids)))
+    if leaked:
+        raise RuntimeError(
+            f"{len(leaked)} test studies reached the training set (ids {leaked[:5]}...); "
+            "the checkpoint is not written."
+        )
+    return not leaked
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train and write the pretrained checkpoint."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,15 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     train_set = studyset.filter_study_ids(list(train_ids))
     encoder = MNMEncoder(data_dir=args.data_dir, device=args.device, seed=args.seed)
     encoder.fit(train_set)
-    if np.isin(encoder.study_ids_, test_ids).any():  # pragma: no cover - guarded by the split
-        raise RuntimeError("A test study reached the training set.")
     encoder.training_.update(
         corpus="neuroquery",
         split_seed=SPLIT_SEED,
         test_fraction=TEST_FRACTION,
         n_test=len(test_ids),
         test_ids_sha256=_ids_digest(test_ids),
-        test_ids_disjoint=True,
+        test_ids_disjoint=check_disjoint(encoder.study_ids_, test_ids),
     )
     decoder = MNMDecoder(encoder=encoder).fit(train_set)
     path = decoder.save_checkpoint(args.out)

@@ -213,15 +213,69 @@ def pretrained_decoder():
     return MNMDecoder.load_pretrained(device="cpu")
 
 
+def _pretrained_training_ids():
+    """The study ids stored in the shipped checkpoint, and its configuration."""
+    from safetensors.numpy import load_file
+
+    config = json.loads((PRETRAINED_DIR / "config.json").read_text())
+    arrays = load_file(str(PRETRAINED_DIR / "arrays.safetensors"))
+    # As MNMEncoder.from_checkpoint reads them: non-numeric ids are kept in the config.
+    ids = config.get("study_ids") or [str(i) for i in arrays["studies.ids"]]
+    return np.asarray(ids, dtype=str), config
+
+
 @has_pretrained
 def test_pretrained_is_small_and_records_its_split():
+    from nimare_mnm.encoder import _ids_digest
+
     size = sum(f.stat().st_size for f in PRETRAINED_DIR.iterdir()) / 2**20
     assert size <= 25
-    config = json.loads((PRETRAINED_DIR / "config.json").read_text())
+    ids, config = _pretrained_training_ids()
     training = config["training"]
     assert training["corpus"] == "neuroquery" and training["split_seed"] == 0
-    assert training["test_ids_disjoint"] is True
-    assert len(training["study_ids_sha256"]) == 64
+    # The stored ids are the ones the model was fitted on: the digest taken at fit time
+    # matches them (the data-free half of the check below).
+    assert len(ids) == training["n_studies"] == len(set(ids))
+    assert _ids_digest(ids) == training["study_ids_sha256"]
+
+
+@has_pretrained
+@requires_data
+def test_pretrained_never_saw_the_test_split(neuroquery):
+    """Recompute the protocol's test split from the corpus; no stored training id is in it."""
+    from nimare_mnm.encoder import _ids_digest
+    from nimare_mnm.evaluation import protocol_split
+
+    trained, config = _pretrained_training_ids()
+    training = config["training"]
+    all_ids = np.unique(np.asarray(neuroquery.study_ids).astype(str))
+    corpus_train, test_ids = protocol_split(all_ids)  # the protocol's defaults
+    # The checkpoint was split the protocol's way...
+    assert (training["test_fraction"], training["split_seed"]) == (0.1, 0)
+    assert len(test_ids) == training["n_test"]
+    assert _ids_digest(test_ids) == training["test_ids_sha256"]
+    # ...and trained only on studies of the training part.
+    assert not np.isin(trained, test_ids).any()
+    assert np.isin(trained, corpus_train).all()
+
+
+def test_train_pretrained_refuses_test_ids():
+    """scripts/train_pretrained.py computes disjointness and refuses a leaked test study."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "train_pretrained", REPO / "scripts" / "train_pretrained.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.check_disjoint(["1", "2", "3"], np.array(["4", "5"], dtype=object)) is True
+    assert script.check_disjoint(np.array([1, 2]), ["3"]) is True
+    with pytest.raises(RuntimeError, match="1 test studies reached the training set"):
+        script.check_disjoint(["1", "2", "3"], ["3", "4"])
+    with pytest.raises(RuntimeError, match="test studies"):
+        script.check_disjoint(np.array([10, 20]), np.array(["20"], dtype=object))
 
 
 def test_transform_outputs(pretrained, tmp_path):

@@ -65,6 +65,32 @@ def test_learns_linked_pairs():
     assert res.history[res.best_epoch]["val_recall_at_10"] == res.best_val_recall_at_10
 
 
+@pytest.mark.parametrize(
+    "geometry, kind", [("lorentz", "angle"), ("lorentz", "distance"), ("euclidean", "cosine")]
+)
+def test_constant_model_gets_chance_validation_recall(geometry, kind):
+    """A model that maps every text and every map to one point has chance recall, not 100 %."""
+    from nimare_mnm.training import validation_recall
+
+    rng = np.random.default_rng(0)
+    n = 50
+    text = rng.normal(size=(n, 12)).astype(np.float32)
+    brain = prepare_brain(rng.random((n, 30)).astype(np.float32) + 0.01)["brain"]
+    cfg = MNMConfig(12, 30, embed_dim=6, hidden_dim=16, dropout=0.0, geometry=geometry)
+    model = MNMModel(cfg).eval()
+    with torch.no_grad():  # the last layers ignore their input: constant outputs
+        for layer in (model.text_head[-1], model.brain_out[-1]):
+            layer.weight.zero_()
+            layer.bias.fill_(1.0)
+        t = model.encode_text(torch.as_tensor(text))
+        b = model.encode_brain(torch.as_tensor(brain))
+        sim = similarity(kind, t, b, model.curvature).numpy()
+    assert np.ptp(sim) == 0  # every study ties with every other
+    recall = validation_recall(model, text, brain, kind, "cpu")
+    assert recall[1] == pytest.approx(100 * 1 / n)
+    assert recall[10] == pytest.approx(100 * 10 / n)
+
+
 def test_general_texts_sit_nearer_the_origin():
     """Parents (broad maps, generic texts) end nearer the origin than their children."""
     rng = np.random.default_rng(1)
