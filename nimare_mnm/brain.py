@@ -320,6 +320,37 @@ class PeakDensity:
         inside = np.all((ijk >= 0) & (ijk < np.asarray(self.mask_img.shape)), axis=1)
         return ijk, inside
 
+    def peak_voxels(self, studyset, ids) -> list[np.ndarray]:
+        """Mask-voxel indices of each study's peaks (nearest voxel; peaks outside dropped).
+
+        Parameters
+        ----------
+        studyset : :class:`nimare.nimads.Studyset`, Dataset or :class:`pandas.DataFrame`
+            See :func:`study_coordinates`.
+        ids : sequence
+            Study ids, in the order of the output.
+
+        Returns
+        -------
+        :obj:`list` of :class:`numpy.ndarray`
+            Sorted unique indices into the mask voxels (the columns of :meth:`transform`'s
+            maps), one array per id (empty for a study without a peak in the mask).
+        """
+        sids, index, xyz = study_coordinates(studyset)
+        ijk, inside = self._peak_voxels(xyz)
+        mask = self._mask_bool()
+        column = np.full(mask.shape, -1, dtype=np.int64)
+        column[mask] = np.arange(int(mask.sum()))
+        voxel = np.full(len(xyz), -1, dtype=np.int64)
+        voxel[inside] = column[tuple(ijk[inside].T)]
+        position = pd.Index([str(i) for i in ids]).get_indexer(sids.astype(str))
+        study = position[index]
+        keep = (study >= 0) & (voxel >= 0)
+        out = [[] for _ in ids]
+        for s, v in zip(study[keep], voxel[keep]):
+            out[s].append(v)
+        return [np.unique(np.asarray(v, dtype=np.int64)) for v in out]
+
     # ---------------------------------------------------------------- computation
     def iter_chunks(self, studyset):
         """Yield ``(study_ids, maps)`` chunks, ``maps`` float32 of shape (chunk, n_voxels).

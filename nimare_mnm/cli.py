@@ -212,18 +212,26 @@ def _fit(args) -> dict:
 
 
 def _evaluate(args) -> dict:
-    from nimare_mnm.benchmark import MODELS, BenchmarkConfig, run_benchmark
+    try:
+        from nimare_mnm.experiments.benchmark import BenchmarkConfig, run_benchmark
+    except ImportError as exc:  # the neuroquery package is an optional extra
+        raise RuntimeError(
+            f"The evaluation needs the benchmark extra ({exc}): pip install "
+            '"nimare-mnm[benchmark]"'
+        ) from exc
 
+    rows = {"rows": args.rows} if args.rows else {}
     config = BenchmarkConfig(
         data_dir=args.data_dir,
-        models=args.models or list(MODELS),
+        split=args.split,
+        seeds=tuple(args.seeds),
+        **rows,
         n_studies=args.n_studies,
         epochs=args.epochs,
-        seed=args.seed,
         device=args.device,
     )
     run = run_benchmark(config, out_dir=args.out)
-    return {"records": run["records"], "out": str(args.out)}
+    return {"rows": run["rows"], "out": str(args.out)}
 
 
 def _print(result: dict) -> None:
@@ -244,10 +252,10 @@ def _print(result: dict) -> None:
         print(f"  {row['score']:8.4f}  {row['id']}  {row.get('title', '')[:80]}")
     if "meta_analysis" in result:
         print(f"{result['meta_analysis']['estimator']} z map: {result['meta_analysis']['z_map']}")
-    for rec in result.get("records", []):
+    for name, row in result.get("rows", {}).items():
         print(
-            f"{rec['model']:<32s} text->brain R@10 {rec['text_to_brain_recall@10']:5.1f} %  "
-            f"map r {rec['map_r']:.3f}"
+            f"{name:<32s} text->brain R@10 {row['text_to_brain_recall@10']:5.1f} %  "
+            f"map r {row['map_r']:.3f}"
         )
     for key in ("model", "out", "seconds"):
         if key in result:
@@ -309,12 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--n-studies", type=int, default=0, help="random subset (quick check)")
 
-    ev = sub.add_parser("evaluate", help="every model on the protocol's test split")
+    ev = sub.add_parser(
+        "evaluate", help="the benchmark: every row on the protocol's split, seeds, intervals"
+    )
     ev.add_argument("--data-dir", default=data_default, help="folder with neuroquery/")
     ev.add_argument("--out", required=True, help="folder for quality.json/md/png")
+    ev.add_argument(
+        "--split",
+        choices=("validation", "test"),
+        default="validation",
+        help="scored split (default validation; score the test split once, at the end)",
+    )
+    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ev.add_argument("--n-studies", type=int, default=None, help="random subset (quick check)")
-    ev.add_argument("--epochs", type=int, default=15)
-    ev.add_argument("--models", nargs="*", default=None, help="subset of the models")
+    ev.add_argument("--epochs", type=int, default=None, help="cap on the epochs (quick check)")
+    ev.add_argument("--rows", nargs="*", default=None, help="subset of the rows")
     return parser
 
 

@@ -355,7 +355,7 @@ class MNMDecoder(Decoder):
         """
         self._check_fitted()
         points, names, _ = self._image_points(img)
-        sim = self.encoder_._similarity(self.term_points_, points)
+        sim = self.encoder_.similarity(self.term_points_, points)
         best = sim.argmax(axis=1)
         out = pd.DataFrame(
             {
@@ -390,7 +390,7 @@ class MNMDecoder(Decoder):
         points, _, _ = self._image_points(img)
         # Study texts are the queries, the map the key: the same direction as training
         # (text -> brain), which matters for the asymmetric exterior-angle similarity.
-        sim = self.encoder_._similarity(self.study_points_, points[:1])[:, 0]
+        sim = self.encoder_.similarity(self.study_points_, points[:1])[:, 0]
         k = min(k, len(sim))
         top = np.argsort(-sim, kind="stable")[:k]
         out = pd.DataFrame(

@@ -22,8 +22,11 @@ PRETRAINED_DIR = Path(__file__).parent / "data" / "pretrained"
 #: Levels of the predicted maps, besides the whole brain, and their atlas.
 MAP_LEVELS = ("yeo7", "yeo17", "subcortical")
 
-#: Number of retrieved training studies whose mean map stands in for the decoder head of a
-#: model trained without one.
+#: Candidate numbers of nearest training studies whose mean map stands in for the decoder
+#: head of a model trained without one; :meth:`MNMEncoder.fit` picks one on validation.
+NEIGHBOUR_GRID = (5, 10, 20, 50, 100, 200, 400)
+
+#: Neighbours of a decoder-less checkpoint written before the number was chosen on validation.
 N_NEIGHBOURS = 10
 
 #: Queries turned into maps at once by :meth:`MNMEncoder.transform` (bounds its memory).
@@ -112,6 +115,14 @@ class MNMEncoder(NiMAREBase):
         Ids of the training studies.
     study_text_points_, study_brain_points_ : :class:`numpy.ndarray`
         Their text and brain points in the shared space.
+    validation_ids_ : :class:`numpy.ndarray`
+        Ids of the training studies held out for early stopping (and, without a decoder
+        head, for choosing ``n_neighbours_``); absent from a model loaded from a checkpoint.
+    n_neighbours_ : :obj:`int`
+        Only for presets without a decoder head: the number of nearest training studies
+        (by the model's text -> brain similarity) whose mean map is the predicted map,
+        chosen among :data:`NEIGHBOUR_GRID` by the mean Pearson r on the validation
+        studies.
     studyset_ : :class:`nimare.nimads.Studyset` or None
         The training studies (None for a model loaded from a checkpoint, which asks for the
         corpus when :meth:`retrieve` needs it).
@@ -229,6 +240,7 @@ class MNMEncoder(NiMAREBase):
             hidden_dim=self.hidden_dim,
             geometry=spec["geometry"],
             decoder=spec["decoder"],
+            **spec.get("model", {}),
         )
         train_config = TrainConfig(
             epochs=self.epochs,
@@ -237,6 +249,7 @@ class MNMEncoder(NiMAREBase):
             val_fraction=self.val_fraction,
             seed=self.seed,
             device=self.device,
+            **spec.get("train", {}),
         )
         views = None
         if spec.get("query_views", False):
@@ -263,12 +276,25 @@ class MNMEncoder(NiMAREBase):
             text=arrays.text,
             brain=arrays.brain,
         )
+        self.validation_ids_ = np.asarray(
+            [str(i) for i in arrays.ids[result.val_rows]], dtype=object
+        )
+        if self.model_.decoder is None:
+            self.n_neighbours_ = _choose_neighbours(
+                self.study_text_points_,
+                self.study_brain_points_,
+                arrays.brain,
+                result.val_rows,
+                self.similarity,
+            )
         self.studyset_ = studyset
         self.training_ = {
             "n_studies": len(arrays.ids),
             "study_ids_sha256": _ids_digest(arrays.ids),
             "best_epoch": result.best_epoch,
             "best_val_recall_at_10": result.best_val_recall_at_10,
+            "validation_ids_sha256": _ids_digest(self.validation_ids_),
+            "n_neighbours": getattr(self, "n_neighbours_", None),
             "train_seconds": result.fit_seconds,
             "fit_seconds": time.perf_counter() - t0,
             "device": result.device,
@@ -349,8 +375,28 @@ class MNMEncoder(NiMAREBase):
             self._masker = get_masker(load_mask())
         return self._masker
 
-    def _similarity(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    def similarity(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """All-pairs similarity (higher: closer) between points of the shared space.
+
+        The similarity the model was trained with (:attr:`similarity_`): minus the exterior
+        angle of ``keys`` seen from the entailment cones of ``queries`` for the angle
+        presets (asymmetric: queries are text points, keys brain points, as in training),
+        minus the geodesic distance, or the cosine.
+
+        Parameters
+        ----------
+        queries, keys : :class:`numpy.ndarray`
+            (n, embed_dim) and (m, embed_dim) points, e.g. from :meth:`embed_text` and
+            :meth:`embed_studies`.
+
+        Returns
+        -------
+        :class:`numpy.ndarray`
+            (n, m) similarities.
+        """
         from nimare_mnm.losses import similarity
+
+        self._check_fitted()
 
         with torch.no_grad():
             return similarity(
@@ -360,13 +406,16 @@ class MNMEncoder(NiMAREBase):
                 self.model_.curvature,
             ).numpy()
 
-    def embed_text(self, text) -> np.ndarray:
+    def embed_text(self, text, cache: bool = False) -> np.ndarray:
         """Points of texts in the shared space, shape (n_texts, embed_dim).
 
         Parameters
         ----------
         text : :obj:`str` or :obj:`list` of :obj:`str`
             Queries.
+        cache : :obj:`bool`, default=False
+            Read and write the text encoder's disk cache (worth it for texts embedded again
+            and again, such as a corpus; interactive queries skip it).
 
         Returns
         -------
@@ -374,9 +423,42 @@ class MNMEncoder(NiMAREBase):
         """
         self._check_fitted()
         texts, _ = validate_texts(text)
-        embeddings = self._get_text_encoder().encode(texts, cache=False)
+        embeddings = self._get_text_encoder().encode(texts, cache=cache)
         with torch.no_grad():
             return self.model_.encode_text(torch.as_tensor(embeddings)).numpy()
+
+    def embed_studies(self, studyset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Text and brain points of studies (their text and their peaks' density map).
+
+        Parameters
+        ----------
+        studyset : :class:`nimare.nimads.Studyset`, :class:`nimare.dataset.Dataset` or path
+            Studies with text and coordinates, e.g. held-out studies to rank against queries.
+            Their text embeddings use the text encoder's disk cache.
+
+        Returns
+        -------
+        ids : :class:`numpy.ndarray`
+            Study ids (studies without any peak inside the brain mask are left out).
+        text_points, brain_points : :class:`numpy.ndarray`
+            (n_studies, embed_dim) points, comparable with :meth:`similarity`.
+        """
+        from nimare_mnm.brain import PeakDensity
+        from nimare_mnm.features import corpus_arrays
+        from nimare_mnm.training import embed_all, prepare_brain
+
+        self._check_fitted()
+        arrays = corpus_arrays(
+            studyset,
+            encoder=self._get_text_encoder(),
+            vectorizer=self.vectorizer_,
+            density=PeakDensity(fwhm=self.fwhm),
+        )
+        with torch.no_grad():
+            text_points = self.model_.encode_text(torch.as_tensor(arrays.text)).numpy()
+            prepared = prepare_brain(arrays.brain)["brain"]
+            brain_points = embed_all(self.model_, prepared, "brain", "cpu").numpy()
+        return arrays.ids, text_points, brain_points
 
     def generality(self, text) -> np.ndarray:
         """Hyperbolic distance of each text's point to the origin (lower: more general)."""
@@ -392,24 +474,27 @@ class MNMEncoder(NiMAREBase):
         # The mean of the neighbours' square-rooted maps, kept on that scale: on the
         # validation split it matched the true maps better (r 0.110) than the mean of their
         # raw maps (0.095) or its square.
-        scores = self._similarity(points, self.study_brain_points_)
-        top = np.argpartition(-scores, N_NEIGHBOURS - 1, axis=1)[:, :N_NEIGHBOURS]
+        scores = self.similarity(points, self.study_brain_points_)
+        k = min(getattr(self, "n_neighbours_", N_NEIGHBOURS), scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         return self.study_vectors_[top].astype(np.float32).mean(axis=1)
 
-    def predict_maps(self, text) -> np.ndarray:
+    def predict_maps(self, text, cache: bool = False) -> np.ndarray:
         """Predicted whole-brain maps (z-scored over the mask voxels) for texts.
 
         Parameters
         ----------
         text : :obj:`str` or :obj:`list` of :obj:`str`
             Queries.
+        cache : :obj:`bool`, default=False
+            Use the text encoder's disk cache (see :meth:`embed_text`).
 
         Returns
         -------
         :class:`numpy.ndarray`
             (n_texts, n_voxels) float32 maps over the brain mask (see :attr:`masker_`).
         """
-        return self._maps_from_points(self.embed_text(text))
+        return self._maps_from_points(self.embed_text(text, cache=cache))
 
     def _maps_from_points(self, points: np.ndarray) -> np.ndarray:
         maps = self.vectorizer_.inverse_transform(self._predict_vectors(points))
@@ -574,11 +659,18 @@ class MNMEncoder(NiMAREBase):
         self.studyset_ = load_neuroquery(data_dir, download=False)
         return self.studyset_
 
-    def retrieval_scores(self, text) -> pd.DataFrame:
-        """Similarity of every training study to each query.
+    def retrieval_scores(self, text, cache: bool = False) -> pd.DataFrame:
+        """Similarity of every training study to each query (how :meth:`retrieve` ranks).
 
         A study's score is the similarity of the query's text point to the study's brain
         point (what the model was trained to rank) plus that to the study's text point.
+
+        Parameters
+        ----------
+        text : :obj:`str` or :obj:`list` of :obj:`str`
+            Queries.
+        cache : :obj:`bool`, default=False
+            Use the text encoder's disk cache (see :meth:`embed_text`).
 
         Returns
         -------
@@ -586,8 +678,8 @@ class MNMEncoder(NiMAREBase):
             (n_studies, n_texts), indexed by study id.
         """
         texts, _ = validate_texts(text)
-        points = self.embed_text(texts)
-        scores = self._similarity(points, self.study_brain_points_) + self._similarity(
+        points = self.embed_text(texts, cache=cache)
+        scores = self.similarity(points, self.study_brain_points_) + self.similarity(
             points, self.study_text_points_
         )
         return pd.DataFrame(scores.T, index=pd.Index(self.study_ids_, name="id"), columns=texts)
@@ -677,6 +769,7 @@ class MNMEncoder(NiMAREBase):
                 "block_mm": vec.block_mm,
                 "smooth_fwhm": vec.smooth_fwhm,
             },
+            "n_neighbours": getattr(self, "n_neighbours_", None),
             "training": {k: v for k, v in self.training_.items() if k != "history"},
             "history": self.training_.get("history", []),
         }
@@ -766,6 +859,8 @@ class MNMEncoder(NiMAREBase):
             raise ValueError(
                 f"The checkpoint in {path} is incomplete or incompatible: {exc}"
             ) from exc
+        if model.decoder is None:
+            encoder.n_neighbours_ = int(config.get("n_neighbours") or N_NEIGHBOURS)
         encoder.studyset_ = None
         encoder.training_ = {**config.get("training", {}), "history": config.get("history", [])}
         return encoder, config, arrays
@@ -808,3 +903,31 @@ def _zscore_rows(maps: np.ndarray) -> np.ndarray:
         raise FloatingPointError("The predicted map is constant: it carries no prediction.")
     maps /= std.astype(np.float32)
     return maps
+
+
+def _choose_neighbours(text_points, brain_points, brain, val_rows, similarity) -> int:
+    """Neighbours whose mean map best predicts the validation studies' maps.
+
+    Each validation study's text point ranks the other training studies (not the validation
+    ones) by the model's similarity; the mean of the top k's square-rooted brain vectors (as
+    :meth:`MNMEncoder._predict_vectors` predicts) is compared with the study's own brain
+    vector by Pearson r, and the k of :data:`NEIGHBOUR_GRID` with the best mean r is kept.
+    """
+    from nimare_mnm.evaluation import map_correlation
+    from nimare_mnm.training import prepare_brain
+
+    val_rows = np.asarray(val_rows, dtype=np.int64)
+    fit_rows = np.setdiff1d(np.arange(len(brain)), val_rows)
+    rooted = prepare_brain(brain[fit_rows])["brain"]
+    scores = similarity(text_points[val_rows], brain_points[fit_rows])
+    order = np.argsort(-scores, axis=1, kind="stable")
+    grid = [k for k in NEIGHBOUR_GRID if k <= len(fit_rows)] or [len(fit_rows)]
+    best = None
+    for k in grid:
+        predicted = rooted[order[:, :k]].mean(axis=1)
+        r = float(np.mean(map_correlation(predicted, brain[val_rows])))
+        LGR.debug("Neighbour mean of %d studies: validation r %.4f", k, r)
+        if best is None or r > best[1]:
+            best = (k, r)
+    LGR.info("Neighbour maps: %d studies (validation map r %.3f).", *best)
+    return int(best[0])

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 from conftest import requires_data
-
 from nimare_mnm.benchmark import MODELS, BenchmarkConfig, _markdown, run_benchmark
+
 from nimare_mnm.cli import main
 
 METRICS = [

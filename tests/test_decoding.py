@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 from conftest import requires_data
-
 from nimare_mnm.decoding_comparison import own_term_rank, ranking_auc, run_decoding_comparison
 
 

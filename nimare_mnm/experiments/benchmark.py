@@ -1,56 +1,95 @@
-"""The evaluation harness: every model on the protocol's split, scored the same way.
+"""The evaluation harness (benchmark v2): every row through its public estimator, scored alike.
 
 :func:`run_benchmark` loads NeuroQuery, splits it with
-:func:`~nimare_mnm.evaluation.protocol_split`, trains every model of :data:`MODELS` on the
-training part (model selection on a validation split carved from it), and scores them once on
-the test studies with the metrics of :mod:`nimare_mnm.evaluation`. Texts, text embeddings
-(all-MiniLM-L6-v2, disk-cached) and brain targets (peak densities, Gaussian FWHM 9 mm) are
-the same for every model. A model without a decoder head predicts a map as the mean of its
-10 nearest training studies' maps, so every row has every column.
+:func:`~nimare_mnm.evaluation.protocol_split` and trains every row of :data:`ROWS` on the
+training part:
 
-It writes ``quality.json`` (one record per model), ``quality.md`` (the same as a table) and
-``quality.png`` (a bar chart) in the output folder.
+- floors (:mod:`nimare_mnm.experiments.floors`): the average training map, a TF-IDF
+  nearest-neighbour mean map and ridge regression from frozen MiniLM embeddings, each with its
+  one setting chosen on a validation split carved from the training part;
+- NeuroQuery (:class:`~nimare_mnm.experiments.baselines.NeuroQueryBaseline`), fitted once in a
+  worker process beside the others;
+- the neural rows, each trained with ``MNMEncoder(preset=...).fit(training studies)`` for every
+  seed and scored only through the encoder's public methods: text -> brain ranking with
+  :meth:`~nimare_mnm.MNMEncoder.similarity` between :meth:`~nimare_mnm.MNMEncoder.embed_studies`
+  points, maps with :meth:`~nimare_mnm.MNMEncoder.predict_maps` (decoder head, or the
+  neighbour mean whose size the encoder chose on validation), :meth:`~nimare_mnm.MNMEncoder.
+  retrieve`'s ranking through :meth:`~nimare_mnm.MNMEncoder.retrieval_scores`, and term
+  generality through :class:`~nimare_mnm.MNMDecoder`.
+
+The decoding benchmark (:mod:`nimare_mnm.experiments.decoding`) runs on the same split with the
+nimare-mnm encoders of every seed. Paired bootstrap intervals (resampling test studies) compare
+nimare-mnm with the best other row, and the verdicts in ``quality.md`` follow from them.
+
+``split="validation"`` scores the validation split instead (models trained on the rest of the
+training part): use it while developing; the test split is scored once, at the end.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import platform
-import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-
-from nimare_mnm.encoder import N_NEIGHBOURS, to_density
 
 LGR = logging.getLogger(__name__)
 
-__all__ = ["MODELS", "BenchmarkConfig", "run_benchmark", "write_reports"]
+__all__ = [
+    "FLOORS",
+    "NEUROQUERY",
+    "NEURAL_ROWS",
+    "ROWS",
+    "MODEL",
+    "LADDERS",
+    "BenchmarkConfig",
+    "run_benchmark",
+    "write_reports",
+    "verdicts",
+]
 
-#: Models of the comparison: a preset of :data:`nimare_mnm.losses.PRESETS` with loss-weight
-#: overrides, or the NeuroQuery baseline.
-MODELS: dict[str, dict] = {
-    "NeuroQuery": {"baseline": "neuroquery"},
-    "CLIP (NeuroConText-style)": {"preset": "clip"},
-    "MERU": {"preset": "meru"},
-    "MNM (published)": {"preset": "mnm"},
-    "nimare-mnm": {"preset": "nimare-mnm"},
-    "nimare-mnm without levels": {"preset": "nimare-mnm", "loss": {"w_entail_levels": 0.0}},
-    "nimare-mnm without entailment": {
-        "preset": "nimare-mnm",
-        "loss": {"w_entail_text_brain": 0.0},
+#: The query-blind and simple floors, in table order.
+FLOORS = ("average training map", "TF-IDF nearest-neighbour mean", "ridge on frozen MiniLM")
+
+#: NeuroQuery's own model (one fit: deterministic and the slowest row).
+NEUROQUERY = "NeuroQuery"
+
+#: Neural rows: an MNMEncoder preset and the encoder parameters that differ from its defaults.
+NEURAL_ROWS: dict[str, dict] = {
+    "CLIP (NeuroConText-style)": {"preset": "clip", "params": {}},
+    "MERU": {"preset": "meru", "params": {}},
+    # The MNM repository's optimisation settings (the rest are in the "mnm" preset).
+    "MNM (reimplemented)": {
+        "preset": "mnm",
+        "params": {"batch_size": 4096, "learning_rate": 1e-4, "epochs": 200},
     },
-    "nimare-mnm without decoder": {"preset": "nimare-mnm", "decoder": False},
+    "nimare-mnm": {"preset": "nimare-mnm", "params": {}},
 }
 
-#: Ridge penalties of the NeuroQuery baseline: those of the ``neuroquery`` package's training
-#: example (its default nine penalties take about 2.5 times longer).
-NEUROQUERY_ALPHAS = (1.0, 10.0, 100.0)
+#: Every row, in table order.
+ROWS = (*FLOORS, NEUROQUERY, *NEURAL_ROWS)
+
+#: The row the verdicts are about.
+MODEL = "nimare-mnm"
+
+#: General-to-specific query ladders, fixed in code before any result was seen: a model whose
+#: distance to the origin orders generality puts every step farther out than the one before.
+LADDERS = (
+    ("memory", "episodic memory", "autobiographical memory retrieval"),
+    ("memory", "working memory", "spatial working memory", "spatial working memory load"),
+    ("emotion", "fear", "fear conditioning", "fear extinction recall"),
+    ("language", "semantic processing", "semantic categorization of written words"),
+    ("vision", "face perception", "recognition of famous faces"),
+    ("movement", "finger tapping", "sequential finger tapping with the right hand"),
+    ("reward", "monetary reward", "anticipation of monetary reward"),
+    ("attention", "visual attention", "covert shifts of visuospatial attention"),
+)
+
+#: Metrics kept per test study, for the paired bootstrap.
+PER_STUDY = ("text_to_brain_recall@10", "map_r")
 
 
 @dataclass
@@ -61,316 +100,115 @@ class BenchmarkConfig:
     ----------
     data_dir : :obj:`str`, optional
         Folder with neuroquery/ and atlases/ (argument, ``NIMARE_MNM_DATA``, NiMARE's default).
-    models : :obj:`list` of :obj:`str`, optional
-        Names from :data:`MODELS` (default: all).
+    split : {"test", "validation"}, default="test"
+        Which studies are scored. "validation" trains on the training part minus a validation
+        split and scores that split: for development.
+    rows : :obj:`list` of :obj:`str`, optional
+        Names from :data:`ROWS` (default: all).
+    seeds : :obj:`tuple` of :obj:`int`, default=(0, 1, 2)
+        Seeds of every neural row.
     n_studies : :obj:`int`, optional
-        Use a seeded random subset of the corpus (for quick checks); None uses every study.
-    epochs, patience, batch_size : :obj:`int`
-        Training settings shared by the neural models.
-    seed : :obj:`int`, default=0
-        Seed of the models (the test split always uses the protocol's seed 0).
+        A seeded random subset of the corpus (quick checks); None uses every study.
+    epochs : :obj:`int`, optional
+        Cap on the neural rows' epochs (quick checks); None keeps each row's own.
     device : :obj:`str`, default="auto"
         Torch device.
     neuroquery_components : :obj:`int`, default=300
-        Rank of the NeuroQuery baseline's NMF smoothing (NeuroQuery's value; smaller for
-        quick checks on a few hundred studies).
+        Rank of NeuroQuery's NMF smoothing (NeuroQuery's value).
+    neuroquery_alphas : :obj:`tuple` of :obj:`float`, default=(1.0, 10.0, 100.0)
+        Ridge penalties of NeuroQuery: those of the ``neuroquery`` package's training example.
+        Its default grid of nine penalties costs about 2.5 times as long (85 minutes on two
+        cores instead of 35), over the benchmark's hour.
+    correlation_decoder_terms : :obj:`int`, default=100
+        Content terms (a seeded sample) for NiMARE's CorrelationDecoder, whose fit costs about
+        1-5 s per term; 0 skips it.
+    retrieve_k : :obj:`int`, default=50
+        Studies retrieved per query for the retrieval map figure (``retrieve``'s default).
+    n_bootstrap : :obj:`int`, default=1000
+        Resamples of the paired bootstrap.
     """
 
     data_dir: str | None = None
-    models: list = field(default_factory=lambda: list(MODELS))
+    split: str = "test"
+    rows: list = field(default_factory=lambda: list(ROWS))
+    seeds: tuple = (0, 1, 2)
     n_studies: int | None = None
-    epochs: int = 15
-    patience: int = 4
-    batch_size: int = 512
-    seed: int = 0
+    epochs: int | None = None
     device: str = "auto"
     neuroquery_components: int = 300
+    neuroquery_alphas: tuple = (1.0, 10.0, 100.0)
+    correlation_decoder_terms: int = 100
+    retrieve_k: int = 50
+    n_bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.split not in ("test", "validation"):
+            raise ValueError(f"split must be 'test' or 'validation', got {self.split!r}.")
+        unknown = set(self.rows) - set(ROWS)
+        if unknown:
+            raise ValueError(f"Unknown rows {sorted(unknown)}; choose from {list(ROWS)}.")
+        if not self.seeds:
+            raise ValueError("At least one seed is needed.")
 
 
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=10,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+# --------------------------------------------------------------------------- data
+@dataclass
+class _Split:
+    """Everything the rows share: ids, texts, arrays, true maps, peaks and terms."""
+
+    studyset: object
+    train: object  # CorpusArrays of the training studies
+    test: object  # CorpusArrays of the scored studies
+    fit_rows: np.ndarray  # floors' validation split, rows of ``train``
+    val_rows: np.ndarray
+    true_maps: object  # sparse (n_test, n_voxels) densities
+    peaks: list
+    vectorizer: object
+    terms: dict
 
 
-def _peak_voxels(studyset, ids) -> list[np.ndarray]:
-    """Mask-voxel indices of each study's peaks (nearest voxel, inside the mask)."""
-    from nimare_mnm.brain import PeakDensity, study_coordinates
-
-    density = PeakDensity()
-    sids, index, xyz = study_coordinates(studyset)
-    ijk, inside = density._peak_voxels(xyz)
-    mask = density._mask_bool()
-    flat = np.full(mask.shape, -1, dtype=np.int64)
-    flat[mask] = np.arange(mask.sum())
-    voxel = np.full(len(xyz), -1, dtype=np.int64)
-    voxel[inside] = flat[tuple(ijk[inside].T)]
-    position = pd.Index(ids).get_indexer(sids)
-    out = [[] for _ in ids]
-    for study, vox in zip(position[index], voxel):
-        if study >= 0 and vox >= 0:
-            out[study].append(vox)
-    return [np.unique(np.asarray(v, dtype=np.int64)) for v in out]
-
-
-def _score_maps(vectorizer, predicted, true_maps, peaks, chunk: int = 128) -> dict:
-    """Map r and peak AUC of predicted brain vectors, a chunk of studies at a time."""
-    from nimare_mnm.evaluation import map_correlation, peak_auc
-
-    rs, aucs = [], []
-    for start in range(0, len(predicted), chunk):
-        maps = vectorizer.inverse_transform(predicted[start : start + chunk])
-        rs.append(map_correlation(maps, true_maps[start : start + chunk]))
-        rows = list(peaks[start : start + chunk])
-        keep = np.array([len(p) > 0 for p in rows])
-        if keep.any():
-            aucs.append(peak_auc(maps[keep], [p for p in rows if len(p)]))
-    return {
-        "map_r": float(np.mean(np.concatenate(rs))),
-        "peak_auc": float(np.mean(np.concatenate(aucs))) if aucs else float("nan"),
-    }
-
-
-def _term_table(studyset, train_ids) -> tuple[list[str], np.ndarray]:
-    """NeuroQuery terms used by the training studies, and their study counts."""
-    from nimare_mnm.decoder import NEUROQUERY_GROUP
-
-    train = studyset.filter_study_ids(list(train_ids))
-    block = train.label_block()
-    values = block.values.tocsc()
-    labels = [str(lb) for lb in block.labels]
-    counts = np.diff(values.indptr)
-    terms = [lb[len(NEUROQUERY_GROUP) :] for lb in labels if lb.startswith(NEUROQUERY_GROUP)]
-    counts = np.asarray(
-        [c for lb, c in zip(labels, counts) if lb.startswith(NEUROQUERY_GROUP)], dtype=np.int64
-    )
-    keep = counts > 0
-    return list(np.asarray(terms)[keep]), counts[keep]
-
-
-def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
-    """Train and score every model; write the reports when ``out_dir`` is given.
-
-    Parameters
-    ----------
-    config : :class:`BenchmarkConfig`, optional
-        Settings.
-    out_dir : path-like, optional
-        Where quality.json, quality.md and quality.png go.
-
-    Returns
-    -------
-    :obj:`dict`
-        ``records`` (one dict per model) and the run's metadata.
-    """
+def _prepare(cfg: BenchmarkConfig) -> _Split:
     from nimare_mnm.brain import BrainLevels, BrainVectorizer, PeakDensity
-    from nimare_mnm.datasets import load_neuroquery, query_views
-    from nimare_mnm.encoder import PRETRAINED_DIR, _ids_digest
-    from nimare_mnm.evaluation import (
-        generality_spearman,
-        protocol_split,
-        retrieval_metrics,
-        validation_split,
-    )
+    from nimare_mnm.datasets import load_neuroquery
+    from nimare_mnm.evaluation import protocol_split, validation_split
+    from nimare_mnm.experiments.decoding import content_terms
     from nimare_mnm.features import corpus_arrays
-    from nimare_mnm.losses import preset, similarity
-    from nimare_mnm.model import LevelLayout, MNMConfig
     from nimare_mnm.text import TextEncoder
-    from nimare_mnm.training import TrainConfig, prepare_brain, train
 
-    cfg = config or BenchmarkConfig()
-    unknown = set(cfg.models) - set(MODELS)
-    if unknown:
-        raise ValueError(f"Unknown models {sorted(unknown)}; choose from {list(MODELS)}.")
-    t_start = time.perf_counter()
     studyset = load_neuroquery(cfg.data_dir)
     all_ids = np.unique(np.asarray(studyset.study_ids).astype(str))
     if cfg.n_studies is not None and cfg.n_studies < len(all_ids):
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(0)
         all_ids = np.sort(rng.choice(all_ids, cfg.n_studies, replace=False))
         studyset = studyset.filter_study_ids(list(all_ids))
     train_ids, test_ids = protocol_split(all_ids)
-    levels = BrainLevels(cfg.data_dir).fit()
-    vectorizer = BrainVectorizer(data_dir=cfg.data_dir).fit(levels)
-    layout = LevelLayout.from_vectorizer(vectorizer, levels)
-    encoder = TextEncoder()
-    LGR.info("Preparing inputs for %d studies.", len(all_ids))
-    arrays = corpus_arrays(studyset, encoder=encoder, vectorizer=vectorizer)
+    if cfg.split == "validation":
+        train_ids, test_ids = validation_split(train_ids)
+    vectorizer = BrainVectorizer(data_dir=cfg.data_dir).fit(BrainLevels(cfg.data_dir).fit())
+    arrays = corpus_arrays(studyset, encoder=TextEncoder(), vectorizer=vectorizer)
     have = set(arrays.ids)
-    train_arr = arrays.subset([i for i in train_ids if i in have])
-    test_arr = arrays.subset([i for i in test_ids if i in have])
-    fit_ids, val_ids = validation_split(train_arr.ids)
-    val_rows = np.sort(pd.Index(train_arr.ids).get_indexer(val_ids))
-    test_set = studyset.filter_study_ids(list(test_arr.ids))
-    sids, true_maps = PeakDensity().transform(test_set)
-    true_maps = true_maps[pd.Index(sids).get_indexer(test_arr.ids)]
-    peaks = _peak_voxels(test_set, test_arr.ids)
-    terms, frequency = _term_table(studyset, train_arr.ids)
-    term_embeddings = encoder.encode(terms)
-    train_views = None
-    if any(
-        preset(MODELS[m]["preset"]).get("query_views") for m in cfg.models if "preset" in MODELS[m]
-    ):
-        train_views = encoder.encode(
-            [v for row in query_views(train_arr.texts, seed=cfg.seed) for v in row]
-        ).reshape(len(train_arr.ids), -1, train_arr.text.shape[1])
-    prepared_train = prepare_brain(train_arr.brain)["brain"]
-    prepared_test = prepare_brain(test_arr.brain)["brain"]
-
-    def _score_model(name: str) -> dict:
-        spec = MODELS[name]
-        LGR.info("Model %s", name)
-        t0 = time.perf_counter()
-        record = {"model": name}
-        if spec.get("baseline") == "neuroquery":
-            predicted, fit_seconds = nq_future.result()
-            LGR.info("NeuroQuery baseline fitted in %.0f s.", fit_seconds)
-            sim = _row_correlation(predicted, test_arr.brain)
-            record.update(retrieval_metrics(sim))
-            record.update(_score_maps(vectorizer, predicted, true_maps, peaks))
-            record["generality_spearman"] = None
-        else:
-            entry = preset(spec["preset"], **spec.get("loss", {}))
-            has_decoder = spec.get("decoder", entry["decoder"])
-            mcfg = MNMConfig(
-                text_dim=train_arr.text.shape[1],
-                brain_dim=train_arr.brain.shape[1],
-                geometry=entry["geometry"],
-                decoder=has_decoder,
-            )
-            result = train(
-                train_arr.text,
-                train_arr.brain,
-                model_config=mcfg,
-                loss_config=entry["loss"],
-                train_config=TrainConfig(
-                    epochs=cfg.epochs,
-                    patience=cfg.patience,
-                    batch_size=cfg.batch_size,
-                    seed=cfg.seed,
-                    device=cfg.device,
-                    show_progress=False,
-                ),
-                layout=layout,
-                val_rows=val_rows,
-                text_views=train_views if entry.get("query_views", False) else None,
-            )
-            fit_seconds = time.perf_counter() - t0
-            model = result.model.cpu().eval()
-            kind = entry["loss"].contrastive
-            with torch.no_grad():
-                text_pts = model.encode_text(torch.as_tensor(test_arr.text))
-                brain_pts = model.encode_brain(torch.as_tensor(prepared_test))
-                sim = similarity(kind, text_pts, brain_pts, model.curvature).numpy()
-                if model.decoder is not None:
-                    predicted = to_density(model.decode(text_pts).numpy())
-                else:
-                    train_pts = model.encode_brain(torch.as_tensor(prepared_train))
-                    scores = similarity(kind, text_pts, train_pts, model.curvature).numpy()
-                    top = np.argpartition(-scores, N_NEIGHBOURS - 1, axis=1)[:, :N_NEIGHBOURS]
-                    # As MNMEncoder does: the mean of the square-rooted maps.
-                    predicted = prepared_train[top].mean(axis=1)
-                term_pts = model.encode_text(torch.as_tensor(term_embeddings))
-                generality = model.generality(term_pts).numpy()
-            record.update(retrieval_metrics(sim))
-            record.update(_score_maps(vectorizer, predicted, true_maps, peaks))
-            record["generality_spearman"] = (
-                None
-                if entry["geometry"] == "euclidean"
-                # General terms (used by many studies) should sit nearer the origin: a
-                # positive correlation between frequency and closeness to the origin.
-                else -generality_spearman(generality, frequency)
-            )
-            record["best_epoch"] = result.best_epoch
-            record["val_recall@10"] = result.best_val_recall_at_10
-        record["fit_seconds"] = round(fit_seconds, 1)
-        LGR.info("%s", json.dumps(record))
-        return record
-
-    # The NeuroQuery baseline (a large ridge, tens of minutes) fits in another process, on
-    # one core, while the neural models train on the others.
-    nq_future, pool = None, None
-    threads = torch.get_num_threads()
-    if any(MODELS[m].get("baseline") == "neuroquery" for m in cfg.models):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # fork: no re-import of the caller's main module (scripts need no __main__ guard);
-        # the worker only runs NumPy/scikit-learn code, with one BLAS thread.
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        pool = ProcessPoolExecutor(1, mp_context=context)
-        nq_future = pool.submit(
-            _fit_neuroquery,
-            list(train_arr.texts),
-            train_arr.brain,
-            list(test_arr.texts),
-            cfg.data_dir,
-            cfg.neuroquery_components,
-        )
-        torch.set_num_threads(max(1, threads - 1))
-    # Neural models first, the baseline's result last (it is usually the slowest).
-    order = sorted(cfg.models, key=lambda m: MODELS[m].get("baseline") is not None)
-    by_name = {}
-    try:
-        for name in order:
-            by_name[name] = _score_model(name)
-    finally:
-        torch.set_num_threads(threads)
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    records = [by_name[name] for name in cfg.models]
-    shipped_disjoint = None
-    if (PRETRAINED_DIR / "arrays.safetensors").exists():
-        from safetensors.numpy import load_file
-
-        shipped = load_file(str(PRETRAINED_DIR / "arrays.safetensors"))["studies.ids"]
-        shipped_disjoint = not np.isin(test_arr.ids.astype(np.int64), shipped).any()
-    run = {
-        "records": records,
-        "commit": _commit(),
-        "seed": cfg.seed,
-        "split": "protocol_split: ids sorted, default_rng(0) permutation, first 10 % test",
-        "n_train": int(len(train_arr.ids) - len(val_ids)),
-        "n_validation": int(len(val_ids)),
-        "n_test": int(len(test_arr.ids)),
-        "n_terms": len(terms),
-        "test_ids_sha256": _ids_digest(test_arr.ids),
-        "test_ids_disjoint_from_shipped_model": shipped_disjoint,
-        "settings": {k: v for k, v in cfg.__dict__.items() if k != "data_dir"},
-        "chance_recall@10": 100.0 * 10 / len(test_arr.ids),
-        "total_seconds": round(time.perf_counter() - t_start, 1),
-        "machine": f"{platform.machine()}, torch {torch.__version__}",
-    }
-    if out_dir is not None:
-        write_reports(run, out_dir)
-    return run
+    train = arrays.subset([i for i in train_ids if i in have])
+    test = arrays.subset([i for i in test_ids if i in have])
+    fit_ids, val_ids = validation_split(train.ids)
+    index = pd.Index(train.ids)
+    test_set = studyset.filter_study_ids(list(test.ids))
+    density = PeakDensity()
+    sids, true_maps = density.transform(test_set)
+    true_maps = true_maps[pd.Index(sids).get_indexer(test.ids)]
+    return _Split(
+        studyset=studyset,
+        train=train,
+        test=test,
+        fit_rows=np.sort(index.get_indexer(fit_ids)),
+        val_rows=np.sort(index.get_indexer(val_ids)),
+        true_maps=true_maps,
+        peaks=density.peak_voxels(test_set, test.ids),
+        vectorizer=vectorizer,
+        terms=content_terms(studyset, train.ids, test.ids),
+    )
 
 
-def _fit_neuroquery(train_texts, train_brain, test_texts, data_dir, n_components):
-    """Fit the NeuroQuery baseline with one BLAS thread; return test maps and fit time."""
-    from threadpoolctl import threadpool_limits
-
-    from nimare_mnm.baselines import NeuroQueryBaseline
-
-    with threadpool_limits(1):
-        t0 = time.perf_counter()
-        model = NeuroQueryBaseline(
-            data_dir=data_dir, n_components=n_components, alphas=NEUROQUERY_ALPHAS
-        )
-        model.fit(train_texts, train_brain)
-        fit_seconds = time.perf_counter() - t0
-        return model.predict(test_texts), fit_seconds
-
-
+# --------------------------------------------------------------------------- scoring
 def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """All-pairs Pearson correlation between the rows of a and of b."""
     a = a - a.mean(axis=1, keepdims=True)
@@ -380,60 +218,593 @@ def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ b.T
 
 
-#: Columns of quality.md, with their headers.
-TABLE_COLUMNS = {
-    "text_to_brain_recall@5": "T→B R@5",
-    "text_to_brain_recall@10": "T→B R@10",
-    "text_to_brain_recall@100": "T→B R@100",
-    "brain_to_text_recall@5": "B→T R@5",
-    "brain_to_text_recall@10": "B→T R@10",
-    "brain_to_text_recall@100": "B→T R@100",
-    "mix_match": "mix & match",
+def _map_scores(data: _Split, maps_of, chunk: int = 128) -> dict:
+    """Per-study map r and peak AUC of predicted voxel maps, a chunk of studies at a time.
+
+    ``maps_of(start, stop)`` returns the predicted (stop - start, n_voxels) maps.
+    """
+    from nimare_mnm.evaluation import map_correlation, peak_auc
+
+    n = len(data.test.ids)
+    r, auc = np.empty(n), np.full(n, np.nan)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        maps = maps_of(start, stop)
+        r[start:stop] = map_correlation(maps, data.true_maps[start:stop])
+        rows = [i for i in range(start, stop) if len(data.peaks[i])]
+        if rows:
+            local = np.asarray(rows) - start
+            auc[rows] = peak_auc(maps[local], [data.peaks[i] for i in rows])
+    return {"map_r": r, "peak_auc": auc}
+
+
+def _score(similarity: np.ndarray, maps: dict) -> tuple[dict, dict]:
+    """Summary metrics and per-study values of one fitted row."""
+    from nimare_mnm.evaluation import recall_hits, retrieval_metrics
+
+    summary = retrieval_metrics(similarity)
+    summary["map_r"] = float(np.mean(maps["map_r"]))
+    summary["peak_auc"] = float(np.nanmean(maps["peak_auc"]))
+    per_study = {
+        "text_to_brain_recall@10": 100.0 * recall_hits(similarity, [10])[10],
+        "map_r": maps["map_r"],
+    }
+    return summary, per_study
+
+
+def _vector_row(data: _Split, predicted: np.ndarray) -> tuple[dict, dict]:
+    """Score a row that predicts brain vectors (floors, NeuroQuery)."""
+    similarity = _row_correlation(predicted, data.test.brain)
+    maps = _map_scores(data, lambda a, b: data.vectorizer.inverse_transform(predicted[a:b]))
+    return _score(similarity, maps)
+
+
+def _retrieval_map_r(data: _Split, encoder, k: int) -> float:
+    """Mean map r of the mean map of the ``k`` studies ``retrieve`` ranks first per query."""
+    scores = encoder.retrieval_scores(list(data.test.texts), cache=True)
+    train_rows = pd.Index(data.train.ids).get_indexer(scores.index)
+    if (train_rows < 0).any():
+        raise RuntimeError("The encoder ranks studies outside the benchmark's training part.")
+    values = scores.to_numpy().T  # (n_test, n_train)
+    top = np.argpartition(-values, k - 1, axis=1)[:, :k]
+    brain = data.train.brain[train_rows]
+
+    def maps_of(a, b):
+        return data.vectorizer.inverse_transform(brain[top[a:b]].mean(axis=1))
+
+    return float(np.mean(_map_scores(data, maps_of)["map_r"]))
+
+
+# --------------------------------------------------------------------------- rows
+def _floor_rows(data: _Split, names) -> dict:
+    from nimare_mnm.experiments.floors import AverageMap, EmbeddingRidge, TfidfNeighbours
+
+    train, fit, val = data.train, data.fit_rows, data.val_rows
+    out = {}
+    for name in names:
+        t0 = time.perf_counter()
+        if name == FLOORS[0]:
+            predicted = AverageMap().fit(train.brain).predict(len(data.test.ids))
+            setting = {}
+        elif name == FLOORS[1]:
+            texts = np.asarray(train.texts, dtype=object)
+            model = TfidfNeighbours().fit(
+                texts[fit], train.brain[fit], texts[val], train.brain[val]
+            )
+            predicted = model.predict(list(data.test.texts))
+            setting = {"k": model.k_, "validation_r": model.validation_r_}
+        else:
+            model = EmbeddingRidge().fit(
+                train.text[fit], train.brain[fit], train.text[val], train.brain[val]
+            )
+            predicted = model.predict(data.test.text)
+            setting = {"alpha": model.alpha_, "validation_r": model.validation_r_}
+        summary, per_study = _vector_row(data, predicted)
+        summary["fit_seconds"] = time.perf_counter() - t0
+        out[name] = {"runs": [summary], "per_study": per_study, "setting": setting}
+        LGR.info("%s: %s", name, json.dumps(summary))
+    return out
+
+
+def _fit_neuroquery(train_texts, train_brain, test_texts, data_dir, n_components, alphas):
+    """Fit the NeuroQuery baseline with one BLAS thread; return test vectors and fit time."""
+    from threadpoolctl import threadpool_limits
+
+    from nimare_mnm.experiments.baselines import NeuroQueryBaseline
+
+    with threadpool_limits(1):
+        t0 = time.perf_counter()
+        model = NeuroQueryBaseline(data_dir=data_dir, n_components=n_components, alphas=alphas)
+        model.fit(train_texts, train_brain)
+        return model.predict(test_texts), time.perf_counter() - t0
+
+
+def _ladders(encoder) -> dict:
+    """Distances to the origin along :data:`LADDERS`; how many move outward monotonically."""
+    rows = []
+    for ladder in LADDERS:
+        radius = encoder.generality(list(ladder))
+        rows.append(
+            {
+                "queries": list(ladder),
+                "radius": [round(float(x), 4) for x in radius],
+                "outward": bool(np.all(np.diff(radius) > 0)),
+            }
+        )
+    return {"n_outward": sum(r["outward"] for r in rows), "n_ladders": len(rows), "ladders": rows}
+
+
+def _neural_run(data: _Split, cfg: BenchmarkConfig, name: str, seed: int) -> dict:
+    """Train one neural row with one seed and score it through the encoder's public methods."""
+    from scipy.stats import spearmanr
+
+    from nimare_mnm import MNMDecoder, MNMEncoder
+
+    spec = NEURAL_ROWS[name]
+    params = dict(spec["params"])
+    if cfg.epochs is not None:
+        params["epochs"] = min(params.get("epochs", cfg.epochs), cfg.epochs)
+    train_set = data.studyset.filter_study_ids(list(data.train.ids))
+    test_set = data.studyset.filter_study_ids(list(data.test.ids))
+    t0 = time.perf_counter()
+    encoder = MNMEncoder(
+        preset=spec["preset"], seed=seed, data_dir=cfg.data_dir, device=cfg.device, **params
+    ).fit(train_set)
+    fit_seconds = time.perf_counter() - t0
+    ids, text_points, brain_points = encoder.embed_studies(test_set)
+    order = pd.Index(ids).get_indexer(data.test.ids)
+    if (order < 0).any():
+        raise RuntimeError("embed_studies left out test studies that have a brain map.")
+    similarity = encoder.similarity(text_points[order], brain_points[order])
+    texts = list(data.test.texts)
+    maps = _map_scores(data, lambda a, b: encoder.predict_maps(texts[a:b], cache=True))
+    summary, per_study = _score(similarity, maps)
+    summary["retrieve_map_r"] = _retrieval_map_r(data, encoder, cfg.retrieve_k)
+    summary["fit_seconds"] = fit_seconds
+    summary["best_epoch"] = encoder.training_["best_epoch"]
+    summary["val_recall@10"] = encoder.training_["best_val_recall_at_10"]
+    if hasattr(encoder, "n_neighbours_"):
+        summary["n_neighbours"] = encoder.n_neighbours_
+    decoder = None
+    if encoder.model_.config.geometry == "lorentz":
+        decoder = MNMDecoder(encoder=encoder, features=data.terms["terms"]).fit(train_set)
+        index = pd.Index(decoder.features_).get_indexer(data.terms["terms"])
+        frequency = data.terms["train_counts"]
+        rho = spearmanr(decoder.term_generality_[index], np.log(frequency)).statistic
+        summary["generality_rho"] = float(rho)
+        ladders = _ladders(encoder)
+        summary["ladders_outward"] = ladders["n_outward"]
+        summary["radius"] = {
+            "terms": _quantiles(decoder.term_generality_),
+            "study_texts": _quantiles(_radius(encoder, text_points)),
+            "brain": _quantiles(_radius(encoder, brain_points)),
+        }
+        summary["ladders"] = ladders["ladders"]
+    LGR.info("%s seed %d: %s", name, seed, json.dumps(summary, default=str)[:2000])
+    return {"summary": summary, "per_study": per_study, "decoder": decoder}
+
+
+def _quantiles(values) -> dict:
+    q = np.percentile(np.asarray(values, dtype=float), [5, 50, 95])
+    return {"p5": float(q[0]), "median": float(q[1]), "p95": float(q[2])}
+
+
+def _radius(encoder, points: np.ndarray) -> np.ndarray:
+    """Hyperbolic distance of points to the origin."""
+    import torch
+
+    with torch.no_grad():
+        return encoder.model_.generality(torch.as_tensor(points)).numpy()
+
+
+# --------------------------------------------------------------------------- decoding
+def _decoding(data: _Split, cfg: BenchmarkConfig, decoders: list) -> dict:
+    """Run the frequency-controlled decoding benchmark on the scored studies' density maps."""
+    from nimare_mnm.brain import PeakDensity
+    from nimare_mnm.evaluation import TermRanks, paired_bootstrap
+    from nimare_mnm.experiments.decoding import (
+        MeanMapDecoder,
+        mnm_decoder_scores,
+        nimare_correlation_scores,
+        summarize_scores,
+    )
+
+    terms, positive = data.terms["terms"], data.terms["test_positive"]
+    n_test = len(data.test.ids)
+    density = PeakDensity()
+    scores, costs = {}, {}
+    t0 = time.perf_counter()
+    mean_map = MeanMapDecoder().fit(data.train.brain, data.terms["train_positive"])
+    scores["plain correlation decoder"] = mean_map.scores(data.test.brain)
+    costs["plain correlation decoder"] = {"fit_and_score_seconds": time.perf_counter() - t0}
+    frequency = data.terms["train_counts"].astype(np.float64)
+    scores["frequency prior"] = np.broadcast_to(frequency, positive.shape).copy()
+    active = np.diff(data.true_maps.tocsr().indptr).astype(np.float64)
+    scores["term-blind control (active voxels)"] = np.repeat(active[:, None], len(terms), 1)
+    mnm_runs = []
+    if decoders:
+        imgs = (density.to_img(data.true_maps[i].toarray().ravel()) for i in range(n_test))
+        per_seed = [[] for _ in decoders]
+        times = []
+        for img in imgs:
+            for j, decoder in enumerate(decoders):
+                row, ms = mnm_decoder_scores(decoder, [img], terms)
+                per_seed[j].append(row[0])
+                times.append(ms)
+        mnm_runs = [np.stack(rows) for rows in per_seed]
+        costs["MNMDecoder"] = {"transform_median_ms": float(np.median(times))}
+
+    correlation = None
+    if cfg.correlation_decoder_terms:
+        rng = np.random.default_rng(0)
+        n_sub = min(cfg.correlation_decoder_terms, len(terms))
+        subset = np.sort(rng.choice(len(terms), n_sub, replace=False))
+        check = [(i, density.to_img(data.true_maps[i].toarray().ravel())) for i in range(3)]
+        LGR.info("Fitting NiMARE's CorrelationDecoder on %d content terms.", n_sub)
+        result = nimare_correlation_scores(
+            data.studyset,
+            data.train.ids,
+            [terms[j] for j in subset],
+            data.true_maps,
+            density.mask_img,
+            check_imgs=check,
+        )
+        correlation = {"subset": subset, **result}
+        costs["NiMARE CorrelationDecoder"] = {
+            "n_terms": int(n_sub),
+            "fit_seconds": result["fit_seconds"],
+            "transform_median_ms": result["transform_median_ms"],
+            "max_check_difference": result["max_check_difference"],
+        }
+
+    rows = {name: summarize_scores(sc, positive) for name, sc in scores.items()}
+    if mnm_runs:
+        runs = [summarize_scores(sc, positive) for sc in mnm_runs]
+        rows["MNMDecoder"] = _aggregate(runs)
+    prior = rows["frequency prior"]["per_term_auc"]
+    if abs(prior - 0.5) > 1e-9:
+        raise RuntimeError(f"The frequency prior's per-term AUC is {prior}, not 0.5.")
+
+    comparisons = {}
+    if mnm_runs:
+        model_ranks = [TermRanks(sc, positive) for sc in mnm_runs]
+        others = [n for n in scores if n != "frequency prior"]
+        best = max(others, key=lambda n: rows[n]["per_term_auc"])
+        best_ranks = TermRanks(scores[best], positive)
+        comparisons["per_term_auc"] = {
+            "against": best,
+            **paired_bootstrap(
+                lambda idx: (
+                    _mean_auc(model_ranks, idx, n_test) - _mean_auc([best_ranks], idx, n_test)
+                ),
+                n_test,
+                cfg.n_bootstrap,
+            ),
+        }
+        if correlation is not None:
+            sub = correlation["subset"]
+            sub_pos = positive[:, sub]
+            corr_ranks = TermRanks(correlation["scores"], sub_pos)
+            model_sub = [TermRanks(sc[:, sub], sub_pos) for sc in mnm_runs]
+            rows["NiMARE CorrelationDecoder (term subset)"] = summarize_scores(
+                correlation["scores"], sub_pos
+            )
+            rows["MNMDecoder (term subset)"] = _aggregate(
+                [summarize_scores(sc[:, sub], sub_pos) for sc in mnm_runs]
+            )
+            comparisons["per_term_auc_subset"] = {
+                "against": "NiMARE CorrelationDecoder (term subset)",
+                **paired_bootstrap(
+                    lambda idx: (
+                        _mean_auc(model_sub, idx, n_test) - _mean_auc([corr_ranks], idx, n_test)
+                    ),
+                    n_test,
+                    cfg.n_bootstrap,
+                ),
+            }
+    return {
+        "rows": rows,
+        "comparisons": comparisons,
+        "costs": costs,
+        "n_terms": len(terms),
+        "n_test_studies": n_test,
+        "terms": [
+            {"term": t, "n_training_studies": int(c), "n_test_studies": int(p)}
+            for t, c, p in zip(terms, data.terms["train_counts"], positive.sum(axis=0))
+        ],
+    }
+
+
+def _mean_auc(ranks: list, idx: np.ndarray, n: int) -> float:
+    """Mean over score matrices (seeds) of the mean per-term AUC on resampled studies."""
+    weights = np.bincount(idx, minlength=n).astype(np.float64)
+    return float(np.mean([np.nanmean(r.auc(weights)) for r in ranks]))
+
+
+# --------------------------------------------------------------------------- aggregation
+def _aggregate(runs: list[dict]) -> dict:
+    """Mean, standard deviation and per-seed values of every numeric figure of the runs."""
+    out = {"n_seeds": len(runs)}
+    for key, value in runs[0].items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            continue
+        values = np.array([float(r[key]) for r in runs])
+        out[key] = float(values.mean())
+        out[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out[f"{key}_seeds"] = [float(v) for v in values]
+    return out
+
+
+def _comparisons(results: dict, n_test: int, n_boot: int) -> dict:
+    """Paired bootstrap of nimare-mnm minus the best other row, per figure."""
+    if MODEL not in results:
+        return {}
+    out = {}
+    for metric in PER_STUDY:
+        others = {
+            name: r for name, r in results.items() if name != MODEL and metric in r["per_study"]
+        }
+        if not others:
+            continue
+        best = max(others, key=lambda n: float(np.mean(others[n]["per_study"][metric])))
+        a = results[MODEL]["per_study"][metric]
+        b = others[best]["per_study"][metric]
+        out[metric] = {"against": best, **_mean_difference(a, b, n_test, n_boot)}
+    return out
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray, n: int, n_boot: int) -> dict:
+    """Paired bootstrap of the difference of means of per-study values."""
+    from nimare_mnm.evaluation import paired_bootstrap
+
+    return paired_bootstrap(lambda idx: a[idx].mean() - b[idx].mean(), n, n_boot)
+
+
+def _shipped_model_disjoint(test_ids) -> bool | None:
+    """Return whether the shipped model's stored training ids miss every scored study."""
+    from nimare_mnm.encoder import PRETRAINED_DIR
+
+    path = PRETRAINED_DIR / "arrays.safetensors"
+    if not path.exists():
+        return None
+    from safetensors.numpy import load_file
+
+    shipped = load_file(str(path))["studies.ids"].astype(str)
+    return bool(not np.isin(np.asarray(test_ids).astype(str), shipped).any())
+
+
+# --------------------------------------------------------------------------- the run
+def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
+    """Train and score every row; write the reports when ``out_dir`` is given.
+
+    Parameters
+    ----------
+    config : :class:`BenchmarkConfig`, optional
+        Settings.
+    out_dir : path-like, optional
+        Where quality.json, quality.md, quality.png and decoding.json go (with
+        ``split="validation"``: quality-validation.json/md and decoding-validation.json).
+
+    Returns
+    -------
+    :obj:`dict`
+        ``rows`` (per row: mean, sd and per-seed figures, settings), ``comparisons`` (paired
+        bootstrap intervals), ``decoding`` and the run's metadata.
+    """
+    import torch
+
+    from nimare_mnm.encoder import _ids_digest
+    from nimare_mnm.experiments.provenance import provenance
+
+    cfg = config or BenchmarkConfig()
+    t_start = time.perf_counter()
+    data = _prepare(cfg)
+    n_test = len(data.test.ids)
+    LGR.info(
+        "%d training and %d %s studies; %d content terms.",
+        len(data.train.ids),
+        n_test,
+        cfg.split,
+        len(data.terms["terms"]),
+    )
+    # NeuroQuery (tens of minutes) fits in another process, on one core, beside the rest.
+    nq_future, pool, threads = None, None, torch.get_num_threads()
+    if NEUROQUERY in cfg.rows:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        pool = ProcessPoolExecutor(1, mp_context=context)
+        nq_future = pool.submit(
+            _fit_neuroquery,
+            list(data.train.texts),
+            data.train.brain,
+            list(data.test.texts),
+            cfg.data_dir,
+            cfg.neuroquery_components,
+            tuple(cfg.neuroquery_alphas),
+        )
+        torch.set_num_threads(max(1, threads - 1))
+    results, decoders = {}, []
+    try:
+        results.update(_floor_rows(data, [r for r in FLOORS if r in cfg.rows]))
+        for name in NEURAL_ROWS:
+            if name not in cfg.rows:
+                continue
+            runs = [_neural_run(data, cfg, name, seed) for seed in cfg.seeds]
+            if name == MODEL:
+                decoders = [run["decoder"] for run in runs]
+            per_study = {
+                m: np.mean([run["per_study"][m] for run in runs], axis=0) for m in PER_STUDY
+            }
+            results[name] = {
+                "runs": [run["summary"] for run in runs],
+                "per_study": per_study,
+                "setting": {"preset": NEURAL_ROWS[name]["preset"], **NEURAL_ROWS[name]["params"]},
+            }
+        decoding = _decoding(data, cfg, decoders)
+        if nq_future is not None:
+            predicted, seconds = nq_future.result()
+            summary, per_study = _vector_row(data, predicted)
+            summary["fit_seconds"] = seconds
+            results[NEUROQUERY] = {
+                "runs": [summary],
+                "per_study": per_study,
+                "setting": {
+                    "n_components": cfg.neuroquery_components,
+                    "alphas": list(cfg.neuroquery_alphas),
+                },
+            }
+    finally:
+        torch.set_num_threads(threads)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    rows = {}
+    for name in [r for r in ROWS if r in results]:
+        entry = results[name]
+        rows[name] = {
+            **_aggregate(entry["runs"]),
+            "setting": entry["setting"],
+            "ladders": entry["runs"][0].get("ladders"),
+            "radius": [run.get("radius") for run in entry["runs"]]
+            if "radius" in entry["runs"][0]
+            else None,
+        }
+    run = {
+        "split": cfg.split,
+        "split_rule": "protocol_split: ids sorted, default_rng(0) permutation, first 10 % "
+        "test; validation carved from the training part (validation_split)",
+        "n_train": len(data.train.ids),
+        "n_scored": n_test,
+        "scored_ids_sha256": _ids_digest(data.test.ids),
+        "scored_ids_disjoint_from_shipped_model": _shipped_model_disjoint(data.test.ids),
+        "chance_recall@10": 100.0 * 10 / n_test,
+        "rows": rows,
+        "comparisons": _comparisons(results, n_test, cfg.n_bootstrap),
+        "decoding": decoding,
+        "settings": {k: v for k, v in asdict(cfg).items() if k != "data_dir"},
+        "total_seconds": time.perf_counter() - t_start,
+        **provenance(),
+    }
+    run = json.loads(json.dumps(run, default=_jsonable))
+    if out_dir is not None:
+        write_reports(run, out_dir)
+    return run
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"Cannot write {type(value).__name__} to JSON.")
+
+
+# --------------------------------------------------------------------------- reports
+#: Columns of the main table: (key, header, digits).
+TABLE_COLUMNS = (
+    ("text_to_brain_recall@5", "T→B R@5", 1),
+    ("text_to_brain_recall@10", "T→B R@10", 1),
+    ("text_to_brain_recall@100", "T→B R@100", 1),
+    ("brain_to_text_recall@10", "B→T R@10", 1),
+    ("mix_match", "mix & match", 1),
+    ("map_r", "map r", 3),
+    ("peak_auc", "peak AUC", 3),
+    ("retrieve_map_r", "retrieve() map r", 3),
+    ("generality_rho", "generality ρ", 2),
+    ("ladders_outward", f"ladders out (of {len(LADDERS)})", 1),
+    ("fit_seconds", "fit (s)", 0),
+)
+
+#: Targets of the model (the model v2 issue), checked on the means over seeds.
+TARGETS = {
+    "text_to_brain_recall@10": (">=", 20.0),
+    "brain_to_text_recall@10": (">=", None),  # NeuroQuery's, from the same run
+    "map_r": (">=", 0.17),
+    "per_term_auc": (">=", 0.65),
+    "generality_rho": ("<=", -0.4),
+    "ladders_outward": (">=", 4),
+}
+
+_LABELS = {
+    "text_to_brain_recall@10": "text→brain Recall@10",
     "map_r": "map r",
-    "peak_auc": "peak AUC",
-    "generality_spearman": "generality ρ",
-    "fit_seconds": "fit (s)",
+    "per_term_auc": "decoding per-term AUC",
+    "per_term_auc_subset": "decoding per-term AUC on NiMARE's term subset",
 }
 
 
-RETRIEVAL_METRICS = [
-    f"{direction}_recall@{k}"
-    for direction in ("text_to_brain", "brain_to_text")
-    for k in (5, 10, 100)
-] + ["mix_match", "mix_match_brain_to_text"]
+def _cell(row: dict, key: str, digits: int) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    if row.get("n_seeds", 1) > 1 and f"{key}_sd" in row:
+        text += f" ± {row[f'{key}_sd']:.{digits}f}"
+    return text
 
 
-def verdict(records: list[dict], model: str = "nimare-mnm") -> list[str]:
-    """Sentences stating plainly whether ``model`` meets the evaluation's targets."""
-    table = pd.DataFrame(records).set_index("model")
-    if model not in table.index:
-        return []
-    row = table.loc[model]
-    lines = ["## Targets", ""]
-    for col, label in (("text_to_brain_recall@10", "text→brain Recall@10"), ("map_r", "map r")):
-        best = table[col].astype(float).idxmax()
-        status = "met" if best == model else "NOT met"
-        lines.append(
-            f"- Best {label} of all rows: {status} ({model} {row[col]:.3f}; best {best} "
-            f"{table.loc[best, col]:.3f})."
-        )
-    published = "MNM (published)"
-    if published in table.index:
-        worse = [m for m in RETRIEVAL_METRICS if float(row[m]) <= float(table.loc[published, m])]
-        status = "met" if not worse else "NOT met on " + ", ".join(worse)
-        lines.append(f"- Beats {published} on every retrieval metric: {status}.")
-    rho = row.get("generality_spearman")
-    if rho is not None and np.isfinite(float(rho)):
-        sign = "positive" if float(rho) > 0 else "NOT positive"
-        lines.append(
-            f"- Generality against term frequency (Spearman of closeness to the origin and "
-            f"the number of training studies using the term): {float(rho):.3f}, {sign}."
-        )
+def _ci_sentence(metric: str, comp: dict, model: str = MODEL) -> str:
+    """One verdict line, decided by the interval alone."""
+    label = _LABELS.get(metric, metric)
+    diff, low, high = comp["difference"], comp["low"], comp["high"]
+    if low > 0:
+        verdict = f"better than every other row (best other: {comp['against']})"
+    elif high < 0:
+        verdict = f"worse than {comp['against']}"
+    else:
+        verdict = f"not distinguishable from {comp['against']}"
+    return (
+        f"- {label}: {model} {verdict}; difference {diff:+.3f}, paired bootstrap 95 % CI "
+        f"[{low:+.3f}, {high:+.3f}] ({comp['n_boot']} resamples of the scored studies)."
+    )
+
+
+def verdicts(run: dict) -> list[str]:
+    """Verdict lines: comparisons from the paired intervals, targets from the seed means."""
+    lines = ["## Verdicts", ""]
+    comparisons = dict(run.get("comparisons", {}))
+    comparisons.update(run.get("decoding", {}).get("comparisons", {}))
+    for metric in ("text_to_brain_recall@10", "map_r", "per_term_auc", "per_term_auc_subset"):
+        if metric in comparisons:
+            lines.append(_ci_sentence(metric, comparisons[metric]))
+    model = run["rows"].get(MODEL)
+    if model is None:
+        return lines
+    floors = [run["rows"][f]["map_r"] for f in FLOORS if f in run["rows"]]
+    decoding = run.get("decoding", {}).get("rows", {}).get("MNMDecoder", {})
+    values = {**model, "per_term_auc": decoding.get("per_term_auc")}
+    lines += ["", "Targets (means over seeds):", ""]
+    for key, (op, threshold) in TARGETS.items():
+        if key == "brain_to_text_recall@10":
+            if NEUROQUERY not in run["rows"]:
+                continue
+            threshold = run["rows"][NEUROQUERY][key]
+        value = values.get(key)
+        if value is None:
+            continue
+        met = value >= threshold if op == ">=" else value <= threshold
+        lines.append(f"- {key} {value:.3f} {op} {threshold:.3f}: {'met' if met else 'NOT met'}.")
+    if floors:
+        margin = model["map_r"] - max(floors)
+        status = "met" if margin >= 0.03 else "NOT met"
+        lines.append(f"- map r at least 0.03 above the best floor: {margin:+.3f}, {status}.")
     return lines
 
 
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def write_reports(run: dict, out_dir) -> dict[str, Path]:
-    """Write quality.json, quality.md and quality.png for a :func:`run_benchmark` result."""
+    """Write quality.json/md/png and decoding.json for a :func:`run_benchmark` result.
+
+    With ``run["split"] == "validation"`` the files are named quality-validation.* and
+    decoding-validation.json, so development runs never overwrite the test figures.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -441,58 +812,117 @@ def write_reports(run: dict, out_dir) -> dict[str, Path]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "quality.json", "md": out / "quality.md", "png": out / "quality.png"}
-    paths["json"].write_text(json.dumps(run, indent=2, default=float) + "\n")
-    table = pd.DataFrame(run["records"]).set_index("model")
-    shown = table[[c for c in TABLE_COLUMNS if c in table]].rename(columns=TABLE_COLUMNS)
+    suffix = "" if run["split"] == "test" else f"-{run['split']}"
+    paths = {
+        "json": out / f"quality{suffix}.json",
+        "md": out / f"quality{suffix}.md",
+        "png": out / f"quality{suffix}.png",
+        "decoding": out / f"decoding{suffix}.json",
+    }
+    paths["json"].write_text(json.dumps(run, indent=2) + "\n")
+    provenance_keys = ("commit", "dirty", "date", "machine")
+    paths["decoding"].write_text(
+        json.dumps(
+            {
+                **run["decoding"],
+                "split": run["split"],
+                "scored_ids_sha256": run["scored_ids_sha256"],
+                **{k: run[k] for k in provenance_keys},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    rows = run["rows"]
+    seeds = run["settings"]["seeds"]
+    table = [
+        [name, str(row.get("n_seeds", 1))] + [_cell(row, k, d) for k, _, d in TABLE_COLUMNS]
+        for name, row in rows.items()
+    ]
+    decoding_rows = [
+        [
+            name,
+            str(row.get("n_seeds", 1)),
+            _cell(row, "per_term_auc", 3),
+            _cell(row, "per_term_auc_z", 3),
+            _cell(row, "own_term_auc_confounded", 3),
+        ]
+        for name, row in run["decoding"]["rows"].items()
+    ]
+    costs = run["decoding"]["costs"]
     lines = [
-        "# nimare-mnm evaluation on the NeuroQuery test split",
+        f"# nimare-mnm benchmark on the NeuroQuery {run['split']} split",
         "",
-        f"{run['n_train']} training, {run['n_validation']} validation and {run['n_test']} test "
-        f"studies ({run['split']}); commit {run['commit']}, seed {run['seed']}. Recall in %, "
-        f"chance Recall@10 {run['chance_recall@10']:.2f} %.",
+        f"{run['n_train']} training studies, {run['n_scored']} scored ({run['split_rule']}). "
+        f"Commit {run['commit']}{' (with uncommitted changes)' if run['dirty'] else ''}, "
+        f"measured {run['date']} on {run['machine']} in {run['total_seconds'] / 60:.0f} "
+        f"minutes. Neural rows: seeds {list(seeds)}, mean ± sd. Recall in %, chance "
+        f"Recall@10 {run['chance_recall@10']:.2f} %.",
         "",
-        _markdown(shown),
+        _markdown_table(["row", "seeds"] + [h for _, h, _ in TABLE_COLUMNS], table),
         "",
-        *verdict(run["records"]),
+        "T→B and B→T: for the neural rows, the encoder's similarity between a study's text "
+        "point and the scored studies' brain points (text→brain only; `retrieve()` adds the "
+        "study's text, which the query would match trivially here); for the floors and "
+        "NeuroQuery, the correlation between the predicted map and each study's map. "
+        f"retrieve() map r: the mean map of the {run['settings']['retrieve_k']} training "
+        "studies `retrieve()` ranks first for each query, against the study's map. "
+        "Generality ρ: Spearman of each content term's distance to the origin against its "
+        "log document frequency (negative: frequent, general terms nearer the origin). "
+        "Ladders: general-to-specific query ladders fixed in code "
+        "(`nimare_mnm.experiments.benchmark.LADDERS`) whose distance to the origin grows "
+        "at every step.",
+        "",
+        *verdicts(run),
+        "",
+        "## Decoding (brain map → terms), frequency-controlled",
+        "",
+        f"{run['decoding']['n_terms']} content terms (used by at most 30 % of training "
+        "abstracts, by at least 5 and missing from at least 5 scored abstracts, stop-like words "
+        f"out), {run['decoding']['n_test_studies']} scored studies' density maps. Per-term "
+        "AUC: across studies, for each term, do the studies whose abstract uses it score "
+        "higher for it? A map-blind prior scores exactly 0.5. The last column is the older "
+        "per-study AUC of a study's own terms among the content terms: frequency-confounded, "
+        "secondary.",
+        "",
+        _markdown_table(
+            [
+                "decoder",
+                "seeds",
+                "per-term AUC",
+                "per-term AUC (z within study)",
+                "own-term AUC (frequency-confounded)",
+            ],
+            decoding_rows,
+        ),
+        "",
+        "Costs: " + json.dumps(costs),
+        "",
+        "## Row settings (chosen on validation where a row has one)",
+        "",
+        *[f"- {name}: {json.dumps(row['setting'])}" for name, row in rows.items()],
         "",
     ]
     paths["md"].write_text("\n".join(lines))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 0.5 * len(table) + 1.5), sharey=True)
-    for ax, (col, label) in zip(
-        axes,
-        [
-            ("text_to_brain_recall@10", "text→brain Recall@10 (%)"),
-            ("brain_to_text_recall@10", "brain→text Recall@10 (%)"),
-            ("map_r", "map Pearson r"),
-        ],
-    ):
-        values = table[col].astype(float)
-        colors = ["tab:red" if m == "nimare-mnm" else "tab:gray" for m in table.index]
-        ax.barh(table.index, values, color=colors)
+    panels = [
+        ("text_to_brain_recall@10", "text→brain Recall@10 (%)"),
+        ("brain_to_text_recall@10", "brain→text Recall@10 (%)"),
+        ("map_r", "map Pearson r"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 0.5 * len(rows) + 1.5), sharey=True)
+    names = list(rows)
+    for ax, (key, label) in zip(axes, panels):
+        values = [rows[n].get(key, np.nan) for n in names]
+        errors = [rows[n].get(f"{key}_sd", 0.0) for n in names]
+        colors = ["tab:red" if n == MODEL else "tab:gray" for n in names]
+        ax.barh(names, values, xerr=errors, color=colors)
         ax.set_xlabel(label)
-        ax.invert_yaxis() if ax is axes[0] else None
-    fig.suptitle(f"NeuroQuery test split ({run['n_test']} studies)")
+    axes[0].invert_yaxis()
+    fig.suptitle(
+        f"NeuroQuery {run['split']} split ({run['n_scored']} studies), mean ± sd over seeds; "
+        f"commit {str(run['commit'])[:7]}, {run['date'][:10]}"
+    )
     fig.tight_layout()
     fig.savefig(paths["png"], dpi=120)
     plt.close(fig)
     return paths
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    """Format a table as GitHub-flavoured markdown (no extra dependency)."""
-
-    def cell(value) -> str:
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            return "n/a"
-        if isinstance(value, (float, np.floating)):
-            return f"{value:.3f}" if abs(value) < 1 else f"{value:.1f}"
-        return str(value)
-
-    header = "| model | " + " | ".join(table.columns) + " |"
-    rule = "|---|" + "---:|" * len(table.columns)
-    rows = [
-        f"| {name} | " + " | ".join(cell(v) for v in row) + " |"
-        for name, row in zip(table.index, table.itertuples(index=False))
-    ]
-    return "\n".join([header, rule, *rows])
