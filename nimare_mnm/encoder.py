@@ -24,7 +24,7 @@ MAP_LEVELS = ("yeo7", "yeo17", "subcortical")
 
 #: Candidate numbers of nearest training studies whose mean map stands in for the decoder
 #: head of a model trained without one; :meth:`MNMEncoder.fit` picks one on validation.
-NEIGHBOUR_GRID = (5, 10, 20, 50, 100, 200, 400)
+NEIGHBOUR_GRID = (5, 10, 20, 50, 100, 200, 400, 800)
 
 #: Neighbours of a decoder-less checkpoint written before the number was chosen on validation.
 N_NEIGHBOURS = 10

@@ -4,9 +4,10 @@ import warnings
 import numpy as np
 import pytest
 from conftest import requires_data
-from nimare_mnm.baselines import NeuroQueryBaseline, neuroquery_vocabulary
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+
+from nimare_mnm.experiments.baselines import NeuroQueryBaseline, neuroquery_vocabulary
 
 
 def _word(prefix, i):

@@ -1,69 +1,151 @@
-"""The evaluation harness end to end on a small subset of NeuroQuery."""
+"""The benchmark harness (nimare_mnm.experiments.benchmark) on a small subset of NeuroQuery.
+
+The assertions are ones a broken harness would fail: a planted prediction that knows the
+answer must beat a shuffled one, the query-blind average map must score chance exactly, the
+frequency prior must score 0.5 per term, and the verdicts must follow the intervals.
+"""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from conftest import requires_data
-from nimare_mnm.benchmark import MODELS, BenchmarkConfig, _markdown, run_benchmark
 
 from nimare_mnm.cli import main
-
-METRICS = [
-    "text_to_brain_recall@5",
-    "text_to_brain_recall@10",
-    "text_to_brain_recall@100",
-    "brain_to_text_recall@5",
-    "brain_to_text_recall@10",
-    "brain_to_text_recall@100",
-    "mix_match",
-    "map_r",
-    "peak_auc",
-    "fit_seconds",
-]
+from nimare_mnm.experiments.benchmark import (
+    FLOORS,
+    MODEL,
+    BenchmarkConfig,
+    _ci_sentence,
+    _decoding,
+    _prepare,
+    _vector_row,
+    run_benchmark,
+)
 
 
-def test_unknown_model_is_refused():
-    with pytest.raises(ValueError, match="Unknown models"):
-        run_benchmark(BenchmarkConfig(models=["GPT"]))
+def test_config_refuses_unknown_rows_and_splits():
+    with pytest.raises(ValueError, match="Unknown rows"):
+        BenchmarkConfig(rows=["GPT"])
+    with pytest.raises(ValueError, match="split"):
+        BenchmarkConfig(split="train")
+    with pytest.raises(ValueError, match="seed"):
+        BenchmarkConfig(seeds=())
 
 
-def test_markdown_table():
-    import pandas as pd
+@pytest.mark.parametrize(
+    "low, high, word",
+    [
+        (0.01, 0.2, "better than every other row"),
+        (-0.1, 0.1, "not distinguishable"),
+        (-0.3, -0.01, "worse than"),
+    ],
+)
+def test_verdicts_follow_the_interval(low, high, word):
+    comp = {
+        "against": "TF-IDF",
+        "difference": (low + high) / 2,
+        "low": low,
+        "high": high,
+        "n_boot": 1000,
+    }
+    assert word in _ci_sentence("map_r", comp)
 
-    table = pd.DataFrame({"r": [0.1234, np.nan], "s": [12.0, 3.5]}, index=["a", "b"])
-    text = _markdown(table)
-    assert text.splitlines()[0] == "| model | r | s |"
-    assert "| a | 0.123 | 12.0 |" in text and "n/a" in text
+
+def test_import_does_not_pull_in_the_experiments():
+    code = (
+        "import sys, nimare_mnm\n"
+        "from nimare_mnm import MNMEncoder, MNMDecoder\n"
+        "enc = MNMEncoder.load_pretrained(device='cpu')\n"
+        "enc.transform('working memory')\n"
+        "dec = MNMDecoder.load_pretrained(device='cpu')\n"
+        "dec.transform(enc.transform('finger tapping').get_map('z'))\n"
+        "heavy = ('neuroquery', 'nimare_mnm.experiments')\n"
+        "bad = [m for m in sys.modules if m.startswith(heavy)]\n"
+        "print('LOADED', bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LOADED []" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def small(data_dir):
+    cfg = BenchmarkConfig(data_dir=str(data_dir), n_studies=600, correlation_decoder_terms=0)
+    return cfg, _prepare(cfg)
 
 
 @requires_data
-def test_harness_end_to_end(data_dir, tmp_path):
-    run = run_benchmark(
-        BenchmarkConfig(
-            data_dir=str(data_dir),
-            n_studies=300,
-            epochs=1,
-            batch_size=64,
-            neuroquery_components=30,
-        ),
-        out_dir=tmp_path,
+def test_planted_prediction_beats_shuffled_and_average_map_is_chance(small):
+    from nimare_mnm.experiments.floors import AverageMap
+
+    _, data = small
+    n = len(data.test.ids)
+    assert n == 60 and not set(data.train.ids) & set(data.test.ids)
+    planted, _ = _vector_row(data, data.test.brain)  # knows every study's map
+    shuffled, _ = _vector_row(data, data.test.brain[np.random.default_rng(0).permutation(n)])
+    assert planted["text_to_brain_recall@10"] > 90 and planted["map_r"] > 0.7
+    assert shuffled["text_to_brain_recall@10"] < 40
+    assert planted["map_r"] > shuffled["map_r"] + 0.4
+    assert planted["peak_auc"] > shuffled["peak_auc"]
+    average, per_study = _vector_row(data, AverageMap().fit(data.train.brain).predict(n))
+    chance = 100.0 * 10 / n
+    assert average["text_to_brain_recall@10"] == pytest.approx(chance)
+    assert average["brain_to_text_recall@10"] == pytest.approx(chance)
+    assert per_study["text_to_brain_recall@10"].mean() == pytest.approx(chance)
+
+
+@requires_data
+def test_frequency_prior_scores_half_per_term(small):
+    cfg, data = small
+    out = _decoding(data, cfg, decoders=[])
+    assert out["rows"]["frequency prior"]["per_term_auc"] == 0.5
+    assert out["rows"]["frequency prior"]["per_term_auc_z"] == 0.5
+    assert out["n_terms"] == len(data.terms["terms"]) > 20
+    assert 0.3 < out["rows"]["plain correlation decoder"]["per_term_auc"] < 1
+
+
+@requires_data
+def test_run_benchmark_end_to_end(data_dir, tmp_path):
+    rows = [*FLOORS, "CLIP (NeuroConText-style)", MODEL]
+    cfg = BenchmarkConfig(
+        data_dir=str(data_dir),
+        split="validation",
+        rows=rows,
+        seeds=(0, 1),
+        n_studies=500,
+        epochs=1,
+        correlation_decoder_terms=4,
+        n_bootstrap=100,
     )
-    records = {r["model"]: r for r in run["records"]}
-    assert list(records) == list(MODELS)
-    for name, record in records.items():
-        for metric in METRICS:
-            assert np.isfinite(record[metric]), (name, metric)
-        assert 0 <= record["text_to_brain_recall@10"] <= 100
-        assert -1 <= record["map_r"] <= 1 and 0 <= record["peak_auc"] <= 1
-    assert run["n_test"] == 30 and run["n_train"] + run["n_validation"] == 270
-    # A subset's split differs from the full corpus's, so its test studies may have trained
-    # the shipped model; the flag is reported either way (True on the full corpus).
-    assert isinstance(run["test_ids_disjoint_from_shipped_model"], bool)
-    saved = json.loads((tmp_path / "quality.json").read_text())
-    assert [r["model"] for r in saved["records"]] == list(MODELS)
-    assert "nimare-mnm without levels" in (tmp_path / "quality.md").read_text()
-    assert (tmp_path / "quality.png").stat().st_size > 5000
+    run = run_benchmark(cfg, out_dir=tmp_path)
+    assert list(run["rows"]) == rows
+    for name in rows:
+        row = run["rows"][name]
+        assert np.isfinite(row["map_r"]) and 0 <= row["text_to_brain_recall@10"] <= 100
+        assert row["n_seeds"] == (2 if name in rows[3:] else 1)
+    model = run["rows"][MODEL]
+    assert len(model["map_r_seeds"]) == 2 and model["map_r_sd"] >= 0
+    assert model["map_r"] == pytest.approx(np.mean(model["map_r_seeds"]))
+    assert -1 <= model["generality_rho"] <= 1 and 0 <= model["ladders_outward"] <= 8
+    assert run["rows"]["CLIP (NeuroConText-style)"]["n_neighbours"] > 0
+    for comp in (*run["comparisons"].values(), *run["decoding"]["comparisons"].values()):
+        assert comp["low"] <= comp["high"] and comp["n_boot"] == 100
+    assert run["decoding"]["rows"]["MNMDecoder"]["n_seeds"] == 2
+    assert run["decoding"]["costs"]["NiMARE CorrelationDecoder"]["n_terms"] == 4
+    assert run["commit"] and run["date"] and run["split"] == "validation"
+    # Development runs never overwrite the test split's files.
+    saved = json.loads((tmp_path / "quality-validation.json").read_text())
+    assert saved["rows"][MODEL]["map_r"] == pytest.approx(model["map_r"])
+    assert not (tmp_path / "quality.json").exists()
+    report = (tmp_path / "quality-validation.md").read_text()
+    comp = run["comparisons"]["map_r"]
+    assert _ci_sentence("map_r", comp) in report
+    decoding = json.loads((tmp_path / "decoding-validation.json").read_text())
+    assert decoding["rows"]["frequency prior"]["per_term_auc"] == 0.5 and decoding["commit"]
+    assert (tmp_path / "quality-validation.png").stat().st_size > 5000
 
 
 @requires_data
@@ -77,15 +159,17 @@ def test_evaluate_command(data_dir, tmp_path, capsys):
             "--out",
             str(tmp_path),
             "--n-studies",
-            "200",
+            "300",
             "--epochs",
             "1",
-            "--models",
-            "nimare-mnm",
-            "CLIP (NeuroConText-style)",
+            "--seeds",
+            "0",
+            "--rows",
+            "average training map",
+            "MERU",
         ]
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert "nimare-mnm" in out and "map r" in out
-    assert (tmp_path / "quality.json").exists()
+    assert "MERU" in out and "map r" in out
+    assert (tmp_path / "quality-validation.json").exists()

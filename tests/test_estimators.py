@@ -484,3 +484,47 @@ def test_pretrained_retrieval_needs_the_corpus(pretrained, data_dir, monkeypatch
     assert len(np.unique(top.study_ids)) == 10
     ranks = pd.Series(top.get_metadata(field="mnm_rank")).astype(float)
     assert sorted(ranks.unique()) == list(range(1, 11))
+
+
+def test_neighbour_count_is_chosen_on_validation():
+    from nimare_mnm.encoder import _choose_neighbours
+
+    # Two clusters of 60 studies: a validation study's best neighbour mean averages the noise
+    # of as many studies of its own cluster as possible (57 candidates), and none of the other.
+    rng = np.random.default_rng(0)
+    centres = rng.random((2, 200)) * 4
+    cluster = np.repeat([0, 1], 60)
+    brain = np.clip(centres[cluster] + rng.normal(0, 1.0, (120, 200)), 0, None) + 1e-3
+    points = np.eye(2)[cluster] + rng.normal(0, 0.01, (120, 2))
+    val_rows = np.array([0, 1, 2, 60, 61, 62])
+    k = _choose_neighbours(points, points, brain, val_rows, lambda q, key: q @ key.T)
+    assert k == 50  # 5, 10, 20 average less noise; 100 mixes in the other cluster
+
+
+@requires_data
+def test_decoderless_preset_chooses_neighbours_and_ranks_like_retrieve(neuroquery, tmp_path):
+    from nimare_mnm.encoder import NEIGHBOUR_GRID
+
+    ids = np.unique(np.asarray(neuroquery.study_ids).astype(str))[:300]
+    subset = neuroquery.filter_study_ids(list(ids))
+    enc = MNMEncoder(preset="clip", epochs=1, batch_size=64, device="cpu").fit(subset)
+    assert enc.n_neighbours_ in NEIGHBOUR_GRID
+    assert set(enc.validation_ids_) < set(enc.study_ids_)
+    assert len(enc.validation_ids_) == int(len(enc.study_ids_) * enc.val_fraction)
+    maps = enc.predict_maps(["motor", "memory"])
+    loaded = MNMEncoder.from_checkpoint(enc.save_checkpoint(tmp_path / "clip"), device="cpu")
+    assert loaded.n_neighbours_ == enc.n_neighbours_
+    again = loaded.predict_maps(["motor", "memory"])
+    assert all(np.corrcoef(a, b)[0, 1] > 0.999 for a, b in zip(maps, again))
+    # embed_studies + similarity give the text -> brain part of retrieve()'s ranking.
+    sids, text_points, brain_points = enc.embed_studies(subset)
+    assert text_points.shape == brain_points.shape == (len(sids), enc.embed_dim)
+    query = enc.embed_text("motor")
+    order = pd.Index(sids).get_indexer(enc.study_ids_)
+    expected = enc.similarity(query, brain_points[order]) + enc.similarity(
+        query, text_points[order]
+    )
+    scores = enc.retrieval_scores("motor").iloc[:, 0]
+    np.testing.assert_allclose(scores.to_numpy(), expected[0], atol=1e-2)
+    top = enc.retrieve("motor", k=5)
+    assert set(np.asarray(top.study_ids).astype(str)) == set(scores.nlargest(5).index)

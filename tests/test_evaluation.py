@@ -210,3 +210,71 @@ def test_corpus_arrays_align_texts_and_maps(neuroquery, vectorizer, tmp_path):
     np.testing.assert_array_equal(sub.brain, arrays.brain[[3, 1]])
     with pytest.raises(KeyError, match="Unknown study ids"):
         arrays.subset(["not-a-study"])
+
+
+# ------------------------------------------------------------------ benchmark v2 statistics
+def test_recall_hits_average_to_recall_at_k():
+    from nimare_mnm.evaluation import recall_hits
+
+    rng = np.random.default_rng(0)
+    sim = np.round(rng.random((30, 30)), 1)  # many ties
+    for ties in ("best", "average", "worst"):
+        hits = recall_hits(sim, [1, 5], ties=ties)
+        assert recall_at_k(sim, (1, 5), ties=ties) == {
+            k: pytest.approx(100 * hits[k].mean()) for k in (1, 5)
+        }
+    # A constant similarity: every query hits with probability k / n.
+    np.testing.assert_allclose(recall_hits(np.ones((4, 4)), [2])[2], 0.5)
+
+
+def test_per_term_auc_hand_example():
+    from nimare_mnm.evaluation import per_term_auc
+
+    # Term 0: positives (studies 0, 2) score 0.9 and 0.3, negatives 0.8 and 0.1 -> 3 of 4
+    # pairs right. Term 1: the positive ties with one negative and beats the other two.
+    scores = np.array([[0.9, 0.5], [0.8, 0.5], [0.3, 0.2], [0.1, 0.7]])
+    positive = np.array([[True, True], [False, False], [True, False], [False, False]])
+    np.testing.assert_allclose(per_term_auc(scores, positive), [0.75, (0.5 + 1) / 3])
+    # A map-blind score (the same for every study) is exactly chance, whatever the labels.
+    constant = np.tile([5.0, 1.0], (4, 1))
+    np.testing.assert_array_equal(per_term_auc(constant, positive), [0.5, 0.5])
+    # A term nobody (or everybody) uses has no AUC.
+    assert np.isnan(per_term_auc(scores[:, :1], np.zeros((4, 1), bool)))[0]
+    with pytest.raises(ValueError, match="same shape"):
+        per_term_auc(scores, positive[:, :1])
+
+
+def test_per_term_auc_weights_equal_repeated_studies():
+    from nimare_mnm.evaluation import TermRanks, per_term_auc
+    from nimare_mnm.experiments.decoding import ranking_auc
+
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.random((50, 6)) * 3)  # ties
+    positive = rng.random((50, 6)) < 0.3
+    expected = [ranking_auc(scores[:, j], positive[:, j]) for j in range(6)]
+    np.testing.assert_allclose(per_term_auc(scores, positive), expected)
+    weights = rng.integers(0, 3, 50)
+    rows = np.repeat(np.arange(50), weights)
+    repeated = [ranking_auc(scores[rows, j], positive[rows, j]) for j in range(6)]
+    np.testing.assert_allclose(TermRanks(scores, positive).auc(weights), repeated)
+
+
+def test_paired_bootstrap_intervals():
+    from nimare_mnm.evaluation import paired_bootstrap
+
+    # A row that beats the other by exactly 0.1 on every study: the interval is that point.
+    a = np.linspace(0, 1, 40)
+    out = paired_bootstrap(lambda idx: (a[idx] + 0.1).mean() - a[idx].mean(), 40, n_boot=200)
+    assert out["difference"] == pytest.approx(0.1)
+    assert out["low"] == pytest.approx(0.1) and out["high"] == pytest.approx(0.1)
+    # Noise: the interval holds the full-sample difference and shrinks with more studies.
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (50, 2000):
+        x, y = rng.normal(0.05, 1, n), rng.normal(0, 1, n)
+        ci = paired_bootstrap(lambda idx, x=x, y=y: x[idx].mean() - y[idx].mean(), n)
+        assert ci["low"] <= ci["difference"] <= ci["high"] and ci["n_boot"] == 1000
+        widths.append(ci["high"] - ci["low"])
+    assert widths[1] < widths[0] / 3
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_bootstrap(lambda idx: 0.0, 1)
