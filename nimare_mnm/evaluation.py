@@ -32,6 +32,7 @@ __all__ = [
     "peak_auc",
     "generality_spearman",
     "recall_hits",
+    "pairwise_correlation",
     "per_term_auc",
     "TermRanks",
     "paired_bootstrap",
@@ -421,6 +422,30 @@ def generality_spearman(generality: Sequence[float], frequency: Sequence[float])
         if np.all(values == values[0]):
             raise ValueError(f"{name} is constant: the rank correlation is undefined.")
     return float(stats.spearmanr(generality, frequency).statistic)
+
+
+def pairwise_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation between every row of ``a`` and every row of ``b``.
+
+    Parameters
+    ----------
+    a, b : :class:`numpy.ndarray`
+        (n, v) and (m, v) maps or vectors.
+
+    Returns
+    -------
+    :class:`numpy.ndarray`
+        (n, m) correlations; a constant row correlates 0 with everything.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"Expected 2-D arrays with as many columns, got {a.shape}, {b.shape}.")
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
 
 
 def per_term_auc(

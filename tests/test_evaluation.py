@@ -278,3 +278,15 @@ def test_paired_bootstrap_intervals():
     assert widths[1] < widths[0] / 3
     with pytest.raises(ValueError, match="at least 2"):
         paired_bootstrap(lambda idx: 0.0, 1)
+
+
+def test_pairwise_correlation_matches_corrcoef():
+    from nimare_mnm.evaluation import pairwise_correlation
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((4, 30)), rng.random((3, 30))
+    expected = np.corrcoef(np.vstack([a, b]))[:4, 4:]
+    np.testing.assert_allclose(pairwise_correlation(a, b), expected, atol=1e-12)
+    assert (pairwise_correlation(np.ones((1, 30)), b) == 0).all()  # a constant row
+    with pytest.raises(ValueError, match="columns"):
+        pairwise_correlation(a, b[:, :5])

@@ -209,15 +209,6 @@ def _prepare(cfg: BenchmarkConfig) -> _Split:
 
 
 # --------------------------------------------------------------------------- scoring
-def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """All-pairs Pearson correlation between the rows of a and of b."""
-    a = a - a.mean(axis=1, keepdims=True)
-    b = b - b.mean(axis=1, keepdims=True)
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return a @ b.T
-
-
 def _map_scores(data: _Split, maps_of, chunk: int = 128) -> dict:
     """Per-study map r and peak AUC of predicted voxel maps, a chunk of studies at a time.
 
@@ -254,7 +245,9 @@ def _score(similarity: np.ndarray, maps: dict) -> tuple[dict, dict]:
 
 def _vector_row(data: _Split, predicted: np.ndarray) -> tuple[dict, dict]:
     """Score a row that predicts brain vectors (floors, NeuroQuery)."""
-    similarity = _row_correlation(predicted, data.test.brain)
+    from nimare_mnm.evaluation import pairwise_correlation
+
+    similarity = pairwise_correlation(predicted, data.test.brain)
     maps = _map_scores(data, lambda a, b: data.vectorizer.inverse_transform(predicted[a:b]))
     return _score(similarity, maps)
 

@@ -273,11 +273,9 @@ class MeanMapDecoder:
 
     def scores(self, brain: np.ndarray) -> np.ndarray:
         """(n_maps, n_terms) Pearson r between each brain vector and each term map."""
-        a = brain - brain.mean(axis=1, keepdims=True)
-        b = self.term_maps_ - self.term_maps_.mean(axis=1, keepdims=True)
-        a = a / np.linalg.norm(a, axis=1, keepdims=True)
-        b = b / np.linalg.norm(b, axis=1, keepdims=True)
-        return a @ b.T
+        from nimare_mnm.evaluation import pairwise_correlation
+
+        return pairwise_correlation(brain, self.term_maps_)
 
 
 def mnm_decoder_scores(decoder, imgs, terms: Sequence[str]) -> tuple[np.ndarray, float]:
@@ -338,6 +336,7 @@ def nimare_correlation_scores(
     from nimare.meta.cbma.mkda import MKDAChi2
 
     from nimare_mnm.decoder import NEUROQUERY_GROUP
+    from nimare_mnm.evaluation import pairwise_correlation
 
     block = studyset.label_block()
     labels = [str(lb) for lb in block.labels]
@@ -373,11 +372,7 @@ def nimare_correlation_scores(
     ours = NiftiMasker(mask_img).fit()
     term_maps = ours.transform(term_maps)
     dense = test_maps.toarray() if sp.issparse(test_maps) else np.asarray(test_maps)
-    a = dense - dense.mean(axis=1, keepdims=True)
-    b = term_maps - term_maps.mean(axis=1, keepdims=True)
-    a /= np.linalg.norm(a, axis=1, keepdims=True)
-    b /= np.linalg.norm(b, axis=1, keepdims=True)
-    scores = a @ b.T
+    scores = pairwise_correlation(dense, term_maps)
     times, worst = [], 0.0
     for index, img in check_imgs:
         t0 = time.perf_counter()
