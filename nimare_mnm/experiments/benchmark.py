@@ -592,6 +592,7 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
 
     cfg = config or BenchmarkConfig()
     t_start = time.perf_counter()
+    origin = provenance()  # the code that runs: taken before anything else happens
     data = _prepare(cfg)
     n_test = len(data.test.ids)
     LGR.info(
@@ -685,7 +686,7 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
         "decoding": decoding,
         "settings": {k: v for k, v in asdict(cfg).items() if k != "data_dir"},
         "total_seconds": time.perf_counter() - t_start,
-        **provenance(),
+        **origin,
     }
     run = json.loads(json.dumps(run, default=_jsonable))
     if out_dir is not None:
