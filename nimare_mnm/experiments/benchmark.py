@@ -608,9 +608,10 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        pool = ProcessPoolExecutor(1, mp_context=context)
+        # A fresh interpreter, not a fork: a forked worker's allocations reuse the parent's
+        # freed heap pages, and copying them on write doubled its memory (the full corpus's
+        # NeuroQuery fit was killed for memory at 22 GB; alone it peaks near 8 GB).
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         nq_future = pool.submit(
             _fit_neuroquery,
             list(data.train.texts),
