@@ -290,3 +290,17 @@ def test_pairwise_correlation_matches_corrcoef():
     assert (pairwise_correlation(np.ones((1, 30)), b) == 0).all()  # a constant row
     with pytest.raises(ValueError, match="columns"):
         pairwise_correlation(a, b[:, :5])
+
+
+def test_neighbour_mean_in_bounded_chunks():
+    from nimare_mnm.utils import neighbour_mean
+
+    rng = np.random.default_rng(0)
+    scores, vectors = rng.random((7, 40)), rng.random((40, 5)).astype(np.float16)
+    top = np.argsort(-scores, axis=1)[:, :3]
+    expected = vectors.astype(np.float32)[top].mean(axis=1)
+    for bound in (1, 15, 2**25):  # one query at a time, a few, all at once
+        np.testing.assert_allclose(
+            neighbour_mean(scores, vectors, 3, max_elements=bound), expected, rtol=1e-3
+        )
+    assert neighbour_mean(scores, vectors, 100).shape == (7, 5)  # k capped at the candidates

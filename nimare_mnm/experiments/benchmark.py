@@ -258,14 +258,12 @@ def _retrieval_map_r(data: _Split, encoder, k: int) -> float:
     train_rows = pd.Index(data.train.ids).get_indexer(scores.index)
     if (train_rows < 0).any():
         raise RuntimeError("The encoder ranks studies outside the benchmark's training part.")
+    from nimare_mnm.utils import neighbour_mean
+
     values = scores.to_numpy().T  # (n_test, n_train)
-    top = np.argpartition(-values, k - 1, axis=1)[:, :k]
-    brain = data.train.brain[train_rows]
-
-    def maps_of(a, b):
-        return data.vectorizer.inverse_transform(brain[top[a:b]].mean(axis=1))
-
-    return float(np.mean(_map_scores(data, maps_of)["map_r"]))
+    mean = neighbour_mean(values, data.train.brain[train_rows], k)
+    maps = _map_scores(data, lambda a, b: data.vectorizer.inverse_transform(mean[a:b]))
+    return float(np.mean(maps["map_r"]))
 
 
 # --------------------------------------------------------------------------- rows

@@ -371,8 +371,11 @@ def nimare_correlation_scores(
 
     ours = NiftiMasker(mask_img).fit()
     term_maps = ours.transform(term_maps)
-    dense = test_maps.toarray() if sp.issparse(test_maps) else np.asarray(test_maps)
-    scores = pairwise_correlation(dense, term_maps)
+    scores = np.empty((test_maps.shape[0], len(wanted)))
+    for start in range(0, len(scores), 128):  # bounded memory: maps are 228,483 voxels long
+        block = test_maps[start : start + 128]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        scores[start : start + 128] = pairwise_correlation(block, term_maps)
     times, worst = [], 0.0
     for index, img in check_imgs:
         t0 = time.perf_counter()

@@ -73,8 +73,9 @@ class TfidfNeighbours:
         return np.asarray((self.vectorizer_.transform(list(texts)) @ self.train_.T).todense())
 
     def _mean_of_top(self, sim: np.ndarray, k: int) -> np.ndarray:
-        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        return self.brain_[top].mean(axis=1)
+        from nimare_mnm.utils import neighbour_mean
+
+        return neighbour_mean(sim, self.brain_, k)
 
     def fit(self, texts, brain, val_texts, val_brain) -> TfidfNeighbours:
         """Fit TF-IDF on the training texts and choose k on the validation studies.
