@@ -161,11 +161,8 @@ def recall_hits(
         raise ValueError("similarity must be a square (queries x keys) matrix.")
     if not np.isfinite(similarity).all():
         raise ValueError("similarity contains NaN or infinite values.")
-    correct = np.diag(similarity)
-    # rank = number of keys strictly more similar than the right one
-    rank = (similarity > correct[:, None]).sum(axis=1)
-    # number of wrong keys tied with the right one (the right key ties with itself)
-    tied = (similarity == correct[:, None]).sum(axis=1) - 1
+    above, tied = _above_and_tied(similarity)
+    rank = above  # number of keys more similar than the right one
     out = {}
     for kk in k:
         if ties == "best":
@@ -178,11 +175,26 @@ def recall_hits(
     return out
 
 
+def _above_and_tied(similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the keys scored above the right one (the diagonal) and the wrong keys tied with it.
+
+    Scores within a few units in the last place of the matrix's precision count as ties:
+    identical predictions can come out of a matrix product with last-bit differences that
+    depend on the BLAS kernel and the row's position, and a floor that predicts the same map
+    for every query must score chance on every machine, not a ranking decided by round-off.
+    """
+    eps = np.finfo(similarity.dtype).eps if np.issubdtype(similarity.dtype, np.floating) else 0
+    tol = 16 * eps * max(1.0, float(np.abs(similarity).max(initial=0.0)))
+    correct = np.diag(similarity)[:, None]
+    above = (similarity > correct + tol).sum(axis=1)
+    tied = (np.abs(similarity - correct) <= tol).sum(axis=1) - 1  # minus the right key itself
+    return above, tied
+
+
 def _percentile_rank(similarity: np.ndarray) -> np.ndarray:
     """Per row, the % of wrong keys scored below the right one (ties count half)."""
-    correct = np.diag(similarity)[:, None]
-    below = (similarity < correct).sum(axis=1)
-    tied = (similarity == correct).sum(axis=1) - 1  # minus the right key itself
+    above, tied = _above_and_tied(similarity)
+    below = similarity.shape[1] - 1 - above - tied
     return 100.0 * (below + 0.5 * tied) / (similarity.shape[1] - 1)
 
 

@@ -64,6 +64,22 @@ def test_recall_at_k_ties():
         recall_at_k(sim, 1, ties="random")
 
 
+def test_round_off_is_a_tie_not_a_ranking():
+    # The same prediction for every query, as a matrix product may return it: last-bit
+    # differences between rows (they depend on the BLAS kernel) must not rank the keys.
+    n = 60
+    rng = np.random.default_rng(0)
+    sim = 0.3 + rng.integers(-3, 4, size=(n, n)) * np.finfo(float).eps
+    assert len(np.unique(sim)) > 1
+    out = retrieval_metrics(sim, ks=(10,))
+    assert out["text_to_brain_recall@10"] == pytest.approx(100 * 10 / n)
+    assert out["brain_to_text_recall@10"] == pytest.approx(100 * 10 / n)
+    assert out["mix_match"] == pytest.approx(50.0)
+    # a real difference, however small against the scores, still ranks
+    sim = np.zeros((3, 3)) + np.diag([1e-9, 1e-9, 1e-9])
+    assert recall_at_k(sim, 1, ties="average") == {1: 100.0}
+
+
 def test_retrieval_metrics_perfect_and_reversed():
     n = 120
     perfect = retrieval_metrics(np.eye(n))
