@@ -84,17 +84,38 @@ def _encode_queries(encoder, queries, out: Path, plot: bool = True) -> dict:
     return summary
 
 
-def _decode_table(decoder, img, k: int) -> list[dict]:
-    table = decoder.transform(img).head(k)
-    return [
+def _decode_table(decoder, img, k: int, sign: str = "positive") -> dict:
+    table = decoder.transform(img, sign=sign)
+    rows = [
         {
             "term": term,
             "score": round(float(row.score), 4),
             "generality": round(float(row.generality), 3),
             "region": f"{row.level}:{row.region}",
         }
-        for term, row in table.iterrows()
+        for term, row in table.head(k).iterrows()
     ]
+    return {"coverage": round(table.attrs["coverage"], 4), "sign": sign, "terms": rows}
+
+
+def _int_at_least(minimum: int):
+    """Return an argparse type that accepts integers no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
 
 
 # --------------------------------------------------------------------------- commands
@@ -139,9 +160,9 @@ def _encode(args) -> dict:
 
 def _decode(args) -> dict:
     decoder = _decoder(args)
-    out = {"decoded": {str(args.img): _decode_table(decoder, args.img, args.k)}}
+    out = {"decoded": {str(args.img): _decode_table(decoder, args.img, args.k, args.sign)}}
     if args.studies:
-        studies = decoder.decode_studies(args.img, k=args.studies)
+        studies = decoder.decode_studies(args.img, k=args.studies, sign=args.sign)
         out["studies"] = [
             {"id": sid, "score": round(float(s), 4)} for sid, s in studies["score"].items()
         ]
@@ -241,9 +262,12 @@ def _print(result: dict) -> None:
             print(f"  strongest {level}: {', '.join(regions)}")
         if "z" in res["files"]:
             print(f"  map: {res['files']['z']}")
-    for name, rows in result.get("decoded", {}).items():
-        print(f"decoded {name}:")
-        for row in rows:
+    for name, decoded in result.get("decoded", {}).items():
+        print(
+            f"decoded {name} ({decoded['sign']} part; data on "
+            f"{100 * decoded['coverage']:.0f} % of the brain):"
+        )
+        for row in decoded["terms"]:
             print(
                 f"  {row['score']:8.4f}  {row['term']:<30s} generality {row['generality']:.2f}"
                 f"  {row['region']}"
@@ -275,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     parser.add_argument(
         "--model", default=None, help="checkpoint folder (default: the pretrained model)"
     )
@@ -297,13 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     dec = sub.add_parser("decode", help="rank terms (and studies) for a brain map")
     dec.add_argument("img", help="NIfTI statistical map in MNI space")
-    dec.add_argument("-k", type=int, default=20, help="terms shown")
-    dec.add_argument("--studies", type=int, default=0, help="also list this many studies")
+    dec.add_argument("-k", type=positive_int, default=20, help="terms shown")
+    dec.add_argument(
+        "--sign",
+        choices=("positive", "negative", "absolute"),
+        default="positive",
+        help="part of a signed map to decode (default: the activations)",
+    )
+    dec.add_argument(
+        "--studies", type=non_negative_int, default=0, help="also list this many studies"
+    )
 
     ret = sub.add_parser("retrieve", help="studies most related to a text, then ALE/MKDA")
     ret.add_argument("text", help="text query")
     ret.add_argument("--data-dir", default=data_default, help="folder with neuroquery/")
-    ret.add_argument("-k", type=int, default=50, help="number of studies")
+    ret.add_argument("-k", type=positive_int, default=50, help="number of studies")
     ret.add_argument("--meta-analysis", choices=("ale", "mkda"), help="run it on the studies")
     ret.add_argument("-o", "--out", default=".", help="output folder of the meta-analysis")
 
@@ -311,11 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--data-dir", default=data_default, help="folder with neuroquery/")
     fit.add_argument("-o", "--out", required=True, help="checkpoint folder to write")
     fit.add_argument("--preset", default="nimare-mnm", help="nimare-mnm, mnm, meru or clip")
-    fit.add_argument("--epochs", type=int, default=40)
+    fit.add_argument("--epochs", type=positive_int, default=40, help="training epochs")
     fit.add_argument(
         "--exclude-test", action="store_true", help="leave out the protocol's test split"
     )
-    fit.add_argument("--n-studies", type=int, default=0, help="random subset (quick check)")
+    fit.add_argument(
+        "--n-studies", type=non_negative_int, default=0, help="random subset (quick check)"
+    )
 
     ev = sub.add_parser(
         "evaluate", help="the benchmark: every row on the protocol's split, seeds, intervals"
@@ -328,9 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="validation",
         help="scored split (default validation; score the test split once, at the end)",
     )
-    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ev.add_argument("--n-studies", type=int, default=None, help="random subset (quick check)")
-    ev.add_argument("--epochs", type=int, default=None, help="cap on the epochs (quick check)")
+    ev.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
+    ev.add_argument(
+        "--n-studies", type=positive_int, default=None, help="random subset (quick check)"
+    )
+    ev.add_argument(
+        "--epochs", type=positive_int, default=None, help="cap on the epochs (quick check)"
+    )
     ev.add_argument("--rows", nargs="*", default=None, help="subset of the rows")
     return parser
 

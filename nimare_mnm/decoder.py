@@ -24,10 +24,19 @@ __all__ = ["MNMDecoder", "load_brain_image"]
 #: :func:`nimare_mnm.load_neuroquery` (NiMARE's label names).
 NEUROQUERY_GROUP = "neuroquery7547_abstract_count__"
 
-#: Smallest fraction of the MNI152 brain mask an image's field of view must cover.
+#: Smallest fraction of the MNI152 brain mask an image's field of view must cover: the test
+#: that an image is in MNI space looks at its geometry (affine and field of view).
 MIN_COVERAGE = 0.9
-#: Smallest fraction of an image's signal that must fall inside the MNI152 brain.
-MIN_SIGNAL_INSIDE = 0.5
+#: Below this fraction of the brain mask with data (finite values inside the field of view),
+#: decoding warns that the result rests on part of the brain.
+WARN_DATA_FRACTION = 0.5
+#: Below this fraction of the brain mask with data there is too little left to decode.
+MIN_DATA_FRACTION = 0.05
+#: Below this fraction of the image's signal inside the MNI152 brain, a warning suggests
+#: checking the registration (an unmasked map of pure noise keeps about a quarter inside).
+WARN_SIGNAL_INSIDE = 0.15
+#: How a signed map is turned into the positive map the model reads.
+SIGNS = ("positive", "negative", "absolute")
 
 
 @lru_cache(maxsize=1)
@@ -40,34 +49,52 @@ def _mask_voxels() -> tuple[np.ndarray, np.ndarray, tuple]:
     return np.c_[ijk, np.ones(len(ijk))], mask_img.affine, mask_img.shape
 
 
-def load_brain_image(img) -> np.ndarray:
+def load_brain_image(img, *, return_coverage: bool = False):
     """Read a statistical map in MNI space onto the MNI152 2 mm brain mask.
 
-    An image on another grid is sampled at the mask voxels by linear interpolation
+    An image on another grid (any voxel size or orientation, e.g. FSL's 2 mm or SPM's 3 mm
+    templates) is sampled at the mask voxels by linear interpolation
     (:func:`scipy.ndimage.map_coordinates`, order 1: no spline overshoot, so a negative map
     stays negative). This gives the values of nilearn's
     ``resample_to_img(img, mask, interpolation="linear")`` inside the mask without
     resampling the whole volume.
 
+    NaN means "no data", as SPM and FSL write outside their analysis mask: such voxels (and
+    any brain voxel outside the image's field of view) are set to 0 and left out of the
+    coverage. Zeros (a thresholded map) are data.
+
     Parameters
     ----------
     img : path-like or :class:`nibabel.nifti1.Nifti1Image`
         A 3D image (or 4D with a single volume) on any grid in MNI space.
+    return_coverage : :obj:`bool`, default=False
+        Also return the fraction of the brain mask with data.
 
     Returns
     -------
-    :class:`numpy.ndarray`
-        float32 values over the mask voxels (see :func:`nimare_mnm.brain.load_mask`).
+    values : :class:`numpy.ndarray`
+        float32 values over the mask voxels (see :func:`nimare_mnm.brain.load_mask`), 0 where
+        the image has no data.
+    coverage : :obj:`float`
+        Only with ``return_coverage``: the fraction of the mask's voxels with data.
 
     Raises
     ------
     FileNotFoundError
         The path does not exist.
     ValueError
-        A 4D image with several volumes; an image whose field of view does not cover the MNI
-        brain or whose signal lies mostly outside it (not in MNI space); NaN or infinite
-        values inside the brain; a map that is all zero inside the brain.
+        A file that is not a NIfTI image; a 4D image with several volumes; an image whose
+        field of view does not cover the MNI brain (not in MNI space); infinite values inside
+        the brain; data on under 5 % of the brain; a map that is all zero where it has data.
+
+    Warns
+    -----
+    UserWarning
+        Data on under half of the brain mask, or an image whose signal lies almost entirely
+        outside the MNI152 brain (check its registration).
     """
+    import warnings
+
     from scipy.ndimage import map_coordinates
 
     if isinstance(img, (str, os.PathLike)):
@@ -88,10 +115,18 @@ def load_brain_image(img) -> np.ndarray:
         )
     voxels, mask_affine, mask_shape = _mask_voxels()
     data = np.asanyarray(img.dataobj).astype(np.float32)
+    if np.isinf(data).any():
+        raise ValueError(
+            f"The image holds {int(np.isinf(data).sum())} infinite values: a statistical map "
+            "must be finite (NaN is read as 'no data')."
+        )
+    no_data = np.isnan(data)
+    clean = np.where(no_data, 0.0, data).astype(np.float32) if no_data.any() else data
     # Where each mask voxel falls in the image's voxel grid.
     to_image = np.linalg.inv(img.affine) @ mask_affine
     if np.allclose(to_image, np.eye(4)) and img.shape == mask_shape:
-        values = data[tuple(voxels[:, :3].astype(int).T)]
+        index = tuple(voxels[:, :3].astype(int).T)
+        values, has_data = clean[index], ~no_data[index]
     else:
         coords = (voxels @ to_image[:3].T).T
         shape = np.asarray(img.shape)[:, None]
@@ -102,34 +137,37 @@ def load_brain_image(img) -> np.ndarray:
                 "does not look like a map in MNI space (check its affine, or normalise it "
                 "first)."
             )
-        finite = np.isfinite(data)
-        clean = data if finite.all() else np.where(finite, data, 0.0).astype(np.float32)
         values = map_coordinates(clean, coords, order=1, mode="constant", cval=0.0)
-        if not finite.all():
-            # NaN inside the brain must not be hidden by the interpolation.
-            nearest = np.clip(np.rint(coords).astype(int), 0, shape - 1)
-            values[inside & ~finite[tuple(nearest)]] = np.nan
-        # Signal outside the MNI brain means the image is in another space.
-        total = np.abs(clean).sum(dtype=np.float64) * abs(np.linalg.det(img.affine[:3, :3]))
-        kept = np.abs(np.nan_to_num(values)).sum(dtype=np.float64) * abs(
-            np.linalg.det(mask_affine[:3, :3])
+        nearest = np.clip(np.rint(coords).astype(int), 0, shape - 1)
+        has_data = inside & ~no_data[tuple(nearest)]
+    # Signal far outside the MNI brain suggests a registration problem (a warning only:
+    # unmasked maps carry noise over the whole field of view).
+    total = np.abs(clean).sum(dtype=np.float64) * abs(np.linalg.det(img.affine[:3, :3]))
+    kept = np.abs(values[has_data]).sum(dtype=np.float64) * abs(np.linalg.det(mask_affine[:3, :3]))
+    if total > 0 and kept / total < WARN_SIGNAL_INSIDE:
+        warnings.warn(
+            f"Only {100 * kept / total:.0f} % of the image's signal falls inside the MNI152 "
+            "brain: check that the map is registered to MNI space.",
+            UserWarning,
+            stacklevel=2,
         )
-        if total > 0 and kept / total < MIN_SIGNAL_INSIDE:
-            raise ValueError(
-                f"Only {100 * kept / total:.0f} % of the image's signal falls inside the MNI152 "
-                "brain: it does not look like a map in MNI space."
-            )
-    values = values.astype(np.float32)
-    bad = ~np.isfinite(values)
-    if bad.any():
+    values = np.where(has_data, values, 0.0).astype(np.float32)
+    coverage = float(has_data.mean())
+    if coverage < MIN_DATA_FRACTION:
         raise ValueError(
-            f"{int(bad.sum())} voxels inside the brain mask are NaN or infinite. If they mean "
-            "'no data', replace them first, e.g. "
-            "nilearn.image.math_img('np.nan_to_num(img)', img=img)."
+            f"The image has data (non-NaN values) on only {100 * coverage:.1f} % of the "
+            "MNI152 brain mask: too little to decode."
+        )
+    if coverage < WARN_DATA_FRACTION:
+        warnings.warn(
+            f"The image has data on only {100 * coverage:.0f} % of the MNI152 brain mask "
+            "(NaN or outside its field of view elsewhere): the decoding rests on that part.",
+            UserWarning,
+            stacklevel=2,
         )
     if not values.any():
         raise ValueError("The image is all zero inside the brain mask: nothing to decode.")
-    return values
+    return (values, coverage) if return_coverage else values
 
 
 class MNMDecoder(Decoder):
@@ -309,17 +347,26 @@ class MNMDecoder(Decoder):
         self.term_frequency_ = np.asarray(frequency, dtype=np.int64)
 
     # ------------------------------------------------------------------ decoding
-    def _image_points(self, img) -> tuple[np.ndarray, list[tuple[str, str]], np.ndarray]:
-        """Points of the map and of its parts in every region: (1 + n_regions, embed_dim)."""
+    def _image_points(self, img, sign: str = "positive") -> tuple[np.ndarray, list, float]:
+        """Points of the map and of its parts in every region, and the map's coverage.
+
+        Returns the (1 + n_regions, embed_dim) points, the (level, region) name of each and
+        the fraction of the brain mask where the image has data.
+        """
         from nimare_mnm.training import prepare_brain
 
+        if sign not in SIGNS:
+            raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}.")
         encoder = self.encoder_
-        values = load_brain_image(img)
-        positive = np.clip(values, 0, None)
+        values, coverage = load_brain_image(img, return_coverage=True)
+        signed = {"positive": values, "negative": -values, "absolute": np.abs(values)}[sign]
+        positive = np.clip(signed, 0, None)
         if not positive.any():
+            other = "negative" if sign == "positive" else "positive"
             raise ValueError(
-                "The map has no positive value inside the brain; to decode deactivations, "
-                "decode the negated map."
+                f"The map has no {'positive' if sign != 'negative' else 'negative'} value "
+                f"inside the brain: decode its {other} part with sign={other!r}, or both "
+                "with sign='absolute'."
             )
         vector = encoder.vectorizer_.transform(positive)[0]
         parts, names = [vector], [("whole", "whole_brain")]
@@ -333,16 +380,19 @@ class MNMDecoder(Decoder):
         prepared = prepare_brain(np.stack(parts))["brain"]
         with torch.no_grad():
             points = encoder.model_.encode_brain(torch.as_tensor(prepared)).numpy()
-        return points, names, vector
+        return points, names, coverage
 
-    def transform(self, img) -> pd.DataFrame:
+    def transform(self, img, sign: str = "positive") -> pd.DataFrame:
         """Rank the vocabulary for a brain map.
 
         Parameters
         ----------
         img : path-like or :class:`nibabel.nifti1.Nifti1Image`
-            A 3D map in MNI space, on any grid (it is resampled). Its positive part is
-            decoded.
+            A 3D map in MNI space, on any grid and orientation (it is resampled). NaN means
+            no data (see :func:`load_brain_image`).
+        sign : {"positive", "negative", "absolute"}, default="positive"
+            Which part of a signed map is decoded: the activations, the deactivations, or
+            both (the absolute value).
 
         Returns
         -------
@@ -351,10 +401,12 @@ class MNMDecoder(Decoder):
             term and the whole map), ``generality`` (the term's distance to the origin; lower
             is more general), ``frequency`` (studies using it; -1 when unknown), ``level`` and
             ``region`` (the part of the map the term is most similar to: the whole brain, a
-            Yeo-7 or Yeo-17 network or a subcortical structure).
+            Yeo-7 or Yeo-17 network or a subcortical structure). ``attrs["coverage"]`` is
+            the fraction of the brain mask where the image has data and ``attrs["sign"]``
+            the part decoded.
         """
         self._check_fitted()
-        points, names, _ = self._image_points(img)
+        points, names, coverage = self._image_points(img, sign)
         sim = self.encoder_.similarity(self.term_points_, points)
         best = sim.argmax(axis=1)
         out = pd.DataFrame(
@@ -367,27 +419,32 @@ class MNMDecoder(Decoder):
             },
             index=pd.Index(self.features_, name="feature"),
         )
-        return out.sort_values("score", ascending=False, kind="stable")
+        out = out.sort_values("score", ascending=False, kind="stable")
+        out.attrs.update(coverage=coverage, sign=sign)
+        return out
 
-    def decode_studies(self, img, k: int = 10) -> pd.DataFrame:
+    def decode_studies(self, img, k: int = 10, sign: str = "positive") -> pd.DataFrame:
         """Return the ``k`` studies whose text is nearest to a brain map.
 
         Parameters
         ----------
         img : path-like or :class:`nibabel.nifti1.Nifti1Image`
-            A 3D map in MNI space.
+            A 3D map in MNI space (NaN means no data).
         k : :obj:`int`, default=10
             Number of studies.
+        sign : {"positive", "negative", "absolute"}, default="positive"
+            Which part of a signed map is decoded (see :meth:`transform`).
 
         Returns
         -------
         :class:`pandas.DataFrame`
-            Indexed ``id`` (study id), best first, with ``score`` and, when known, ``title``.
+            Indexed ``id`` (study id), best first, with ``score`` and, when known, ``title``;
+            ``attrs["coverage"]`` as in :meth:`transform`.
         """
         self._check_fitted()
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
-        points, _, _ = self._image_points(img)
+        points, _, coverage = self._image_points(img, sign)
         # Study texts are the queries, the map the key: the same direction as training
         # (text -> brain), which matters for the asymmetric exterior-angle similarity.
         sim = self.encoder_.similarity(self.study_points_, points[:1])[:, 0]
@@ -398,6 +455,7 @@ class MNMDecoder(Decoder):
         )
         if self.study_titles_ is not None:
             out["title"] = self.study_titles_.reindex(out.index).to_numpy()
+        out.attrs.update(coverage=coverage, sign=sign)
         return out
 
     # ------------------------------------------------------------------ checkpoints

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -174,6 +175,7 @@ class MNMEncoder(NiMAREBase):
         state.pop("_text_encoder", None)
         state.pop("_masker", None)
         state.pop("_region_index", None)  # rebuilt from region_labels_ (layout may change)
+        state.pop("_loaded_corpus", None)  # a corpus read for retrieval is read again
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -635,30 +637,41 @@ class MNMEncoder(NiMAREBase):
 
     # ------------------------------------------------------------------ retrieval
     def _corpus(self, studyset=None, data_dir: str | None = None):
-        """Return the studies that retrieval draws from."""
+        """Return the studies that retrieval draws from.
+
+        ``studyset`` wins; then an explicit ``data_dir`` (that folder's NeuroQuery files,
+        read once and kept while the same folder is asked for); then the studies the model
+        was fitted on; then the encoder's ``data_dir`` or ``NIMARE_MNM_DATA``. Retrieval
+        never changes the fitted attributes.
+        """
         from nimare_mnm.datasets import as_studyset
         from nimare_mnm.utils import get_data_dir
 
         if studyset is not None:
             return as_studyset(studyset)
-        if getattr(self, "studyset_", None) is not None:
+        if data_dir is None and getattr(self, "studyset_", None) is not None:
             return self.studyset_
         corpus = getattr(self, "training_", {}).get("corpus")
-        data_dir = get_data_dir(data_dir if data_dir is not None else self.data_dir)
         if corpus != "neuroquery":
             raise ValueError(
-                "This model does not hold its training studies; pass them as studyset=."
+                "This model does not hold its training studies; pass them as studyset="
+                + (" (data_dir= only serves models trained on NeuroQuery)." if data_dir else ".")
             )
-        if data_dir is None:
+        folder = get_data_dir(data_dir if data_dir is not None else self.data_dir)
+        if folder is None:
             raise ValueError(
                 "Retrieval returns the training studies' coordinates, which the pretrained "
                 "model does not ship: pass data_dir= (the folder holding neuroquery/, e.g. "
                 "../shared/data) or set NIMARE_MNM_DATA."
             )
-        from nimare_mnm.datasets import load_neuroquery
+        key = os.path.realpath(folder)
+        loaded = self.__dict__.get("_loaded_corpus")
+        if loaded is None or loaded[0] != key:
+            from nimare_mnm.datasets import load_neuroquery
 
-        self.studyset_ = load_neuroquery(data_dir, download=False)
-        return self.studyset_
+            loaded = (key, load_neuroquery(folder, download=False))
+            self._loaded_corpus = loaded
+        return loaded[1]
 
     def retrieval_scores(self, text, cache: bool = False) -> pd.DataFrame:
         """Similarity of every training study to each query (how :meth:`retrieve` ranks).

@@ -46,6 +46,49 @@ def test_version_and_help():
         assert command in out.stdout
 
 
+def test_command_line_answers_without_the_heavy_imports():
+    # --help, --version and usage errors must not pay for torch, NiMARE or nilearn
+    # (benchmarks/bench_cli.py records how fast they answer).
+    code = (
+        "import sys, nimare_mnm, nimare_mnm.cli\n"
+        "heavy = ('torch', 'nimare', 'nilearn', 'sklearn', 'transformers', 'pandas')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+    # The public names still resolve, on first use.
+    from nimare_mnm import MNMEncoder as Lazy
+    from nimare_mnm.encoder import MNMEncoder
+
+    assert Lazy is MNMEncoder
+    with pytest.raises(AttributeError, match="no attribute 'Encoder'"):
+        import nimare_mnm
+
+        nimare_mnm.Encoder  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["decode", "map.nii.gz", "-k", "0"], "argument -k: must be at least 1, got 0"),
+        (["decode", "map.nii.gz", "-k", "ten"], "argument -k: expected an integer, got 'ten'"),
+        (["decode", "map.nii.gz", "--studies", "-1"], "must be at least 0"),
+        (["decode", "map.nii.gz", "--sign", "both"], "invalid choice"),
+        (["retrieve", "fear", "-k", "0"], "argument -k: must be at least 1"),
+        (["fit", "-o", "m", "--epochs", "0"], "argument --epochs: must be at least 1"),
+        (["fit", "-o", "m", "--n-studies", "-5"], "must be at least 0"),
+        (["--seed", "-1", "encode", "x", "-o", "o"], "argument --seed: must be at least 0"),
+        (["evaluate", "--out", "o", "--seeds", "0", "-2"], "argument --seeds"),
+        (["evaluate", "--out", "o", "--epochs", "0"], "argument --epochs: must be at least 1"),
+    ],
+)
+def test_numeric_options_are_checked_by_the_parser(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 @needs_pretrained
 def test_demo_offline(tmp_path, capsys):
     result = run_json(capsys, ["demo", "-o", str(tmp_path), "finger tapping"])
@@ -53,7 +96,9 @@ def test_demo_offline(tmp_path, capsys):
     img = nib.load(files["z"])
     assert img.shape == (91, 109, 91) and np.isfinite(img.get_fdata()).all()
     assert (tmp_path / "finger_tapping_z.png").stat().st_size > 1000
-    terms = result["decoded"]["nilearn motor activation map"]
+    decoded = result["decoded"]["nilearn motor activation map"]
+    assert 0.9 < decoded["coverage"] <= 1 and decoded["sign"] == "positive"
+    terms = decoded["terms"]
     assert len(terms) == 10 and all("generality" in t for t in terms)
 
 
@@ -63,7 +108,11 @@ def test_encode_and_decode(tmp_path, capsys):
     z_map = result["queries"]["visual motion"]["files"]["z"]
     assert (tmp_path / "visual_motion_levels.tsv").exists()
     decoded = run_json(capsys, ["decode", z_map, "-k", "5", "--studies", "3"])
-    assert len(decoded["decoded"][z_map]) == 5 and len(decoded["studies"]) == 3
+    assert len(decoded["decoded"][z_map]["terms"]) == 5 and len(decoded["studies"]) == 3
+    assert decoded["decoded"][z_map]["coverage"] == 1.0  # the prediction covers the brain
+    negative = run_json(capsys, ["decode", z_map, "-k", "5", "--sign", "negative"])
+    assert negative["decoded"][z_map]["sign"] == "negative"
+    assert negative["decoded"][z_map]["terms"] != decoded["decoded"][z_map]["terms"]
     one_line_error(capsys, ["encode", "  ", "-o", str(tmp_path)], "empty")
     one_line_error(capsys, ["decode", str(tmp_path / "missing.nii.gz")], "No image")
     flat = tmp_path / "flat.nii.gz"

@@ -145,10 +145,14 @@ def test_bad_images(tmp_path):
     good = np.where(mask, 1.0, 0.0)
     with pytest.raises(ValueError, match="all zero"):
         load_brain_image(_img(np.zeros(mask.shape)))
-    nan = good.copy()
-    nan[45, 54, 45] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        load_brain_image(_img(nan))
+    inf = good.copy()
+    inf[45, 54, 45] = np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        load_brain_image(_img(inf))
+    almost_empty = np.where(mask, np.nan, 0.0)
+    almost_empty[45, 54, 45] = 1.0  # one voxel of data: too little to decode
+    with pytest.raises(ValueError, match="too little"):
+        load_brain_image(_img(almost_empty))
     with pytest.raises(ValueError, match="3D"):
         load_brain_image(_img(np.stack([good, good], axis=-1)))
     native = np.eye(4)  # voxel (0, 0, 0) at the origin: a native-space image
@@ -431,10 +435,10 @@ def test_textbook_queries(pretrained, data_dir):
 
 # ------------------------------------------------------------------ fitting and retrieval
 @pytest.fixture(scope="module")
-def small_fit(neuroquery):
+def small_fit(neuroquery, data_dir):
     ids = np.unique(np.asarray(neuroquery.study_ids).astype(str))[:400]
     subset = neuroquery.filter_study_ids(list(ids))
-    enc = MNMEncoder(epochs=2, batch_size=128, device="cpu").fit(subset)
+    enc = MNMEncoder(epochs=2, batch_size=128, device="cpu", data_dir=str(data_dir)).fit(subset)
     return enc, subset
 
 
@@ -475,7 +479,7 @@ def test_decoder_fit_on_studyset(small_fit):
 
 
 @requires_data
-def test_pretrained_retrieval_needs_the_corpus(pretrained, data_dir, monkeypatch):
+def test_pretrained_retrieval_needs_the_corpus(pretrained, data_dir, monkeypatch, tmp_path):
     monkeypatch.delenv("NIMARE_MNM_DATA", raising=False)
     fresh = MNMEncoder.load_pretrained(device="cpu")
     with pytest.raises(ValueError, match="data_dir"):
@@ -484,6 +488,12 @@ def test_pretrained_retrieval_needs_the_corpus(pretrained, data_dir, monkeypatch
     assert len(np.unique(top.study_ids)) == 10
     ranks = pd.Series(top.get_metadata(field="mnm_rank")).astype(float)
     assert sorted(ranks.unique()) == list(range(1, 11))
+    # Another folder is read (or refused), not answered from the corpus already loaded.
+    with pytest.raises(FileNotFoundError):
+        fresh.retrieve("fear", k=10, data_dir=str(tmp_path / "nonexistent"))
+    again = fresh.retrieve("fear", k=10, data_dir=str(data_dir))
+    assert list(again.study_ids) == list(top.study_ids)
+    assert fresh.studyset_ is None  # retrieval does not change the fitted attributes
 
 
 def test_neighbour_count_is_chosen_on_validation():
