@@ -76,8 +76,11 @@ def _encode_queries(encoder, queries, out: Path, plot: bool = True) -> dict:
             level: table[table["level"] == level].nsmallest(3, "rank")["region"].tolist()
             for level in ("yeo7", "yeo17", "subcortical")
         }
+        info = res.tables["query"].iloc[0]
         summary[query] = {
-            "generality": round(float(res.tables["query"]["generality"].iloc[0]), 3),
+            "generality": round(float(info["generality"]), 3),
+            "confidence": round(float(info["confidence"]), 3),
+            "terms": info["terms"],
             "strongest_regions": best,
             "files": files,
         }
@@ -257,7 +260,11 @@ def _evaluate(args) -> dict:
 
 def _print(result: dict) -> None:
     for query, res in result.get("queries", {}).items():
-        print(f"{query!r}: generality {res['generality']}")
+        terms = res["terms"] or "none"
+        print(
+            f"{query!r}: generality {res['generality']}, confidence {res['confidence']} "
+            f"(recognised terms: {terms})"
+        )
         for level, regions in res["strongest_regions"].items():
             print(f"  strongest {level}: {', '.join(regions)}")
         if "z" in res["files"]:

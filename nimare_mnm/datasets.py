@@ -76,6 +76,11 @@ _NS_FILES = {
 
 
 # --------------------------------------------------------------------------- file location
+#: Prefix of NeuroQuery's abstract term annotation in the Studysets of
+#: :func:`load_neuroquery` (NiMARE's label names).
+NEUROQUERY_GROUP = "neuroquery7547_abstract_count__"
+
+
 def _fetch_neuroquery(**kwargs):
     from nimare.extract import fetch_neuroquery
 
@@ -768,3 +773,75 @@ def query_views(texts, seed: int = 0, max_terms: int = 15) -> list[list[str]]:
         second = sentences[1].rstrip(".") if len(sentences) > 1 else title
         views.append([title, keyword_view or second, term_view])
     return views
+
+
+def study_titles(studyset) -> pd.Series | None:
+    """Study titles by study id, when the studyset has them (None otherwise)."""
+    try:
+        meta = studyset.get_metadata(field="title")
+    except Exception:  # noqa: BLE001 - titles are optional
+        return None
+    ids = np.asarray(studyset.study_ids).astype(str)
+    if len(meta) != len(ids):
+        return None
+    titles = pd.Series(list(meta), index=ids)
+    return titles[~titles.index.duplicated()]
+
+
+def annotation_term_counts(
+    studyset, group: str, threshold: float = 0.001, terms: list[str] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Terms of an annotation group and the number of studies using each.
+
+    Parameters
+    ----------
+    studyset : :class:`nimare.nimads.Studyset`
+        Studies with annotations (e.g. :data:`NEUROQUERY_GROUP` from :func:`load_neuroquery`).
+    group : :obj:`str`
+        Label prefix of the group (NiMARE's ``<group>__<term>`` label names).
+    threshold : :obj:`float`, default=0.001
+        A study uses a term when its annotation value is at least this (NiMARE's
+        ``frequency_threshold``).
+    terms : :obj:`list` of :obj:`str`, optional
+        Only these terms.
+
+    Returns
+    -------
+    terms : :obj:`list` of :obj:`str`
+        The terms used by at least one study, in label order.
+    counts : :class:`numpy.ndarray`
+        int64 number of studies using each.
+
+    Raises
+    ------
+    ValueError
+        No label of the group, or no term used by any study.
+    """
+    group = group.rstrip("_") + "__"
+    labels = list(studyset.get_labels()) if len(studyset.annotations) else []
+    columns = [lb for lb in labels if lb.startswith(group)]
+    if not columns:
+        raise ValueError(
+            f"The studyset has no annotation labels starting with {group!r}; "
+            f"available groups: {sorted({lb.split('__')[0] for lb in labels})}."
+        )
+    block = studyset.label_block()
+    values = block.values.tocsc()
+    col = {lb: j for j, lb in enumerate(block.labels)}
+    study_of = pd.Series(np.asarray(studyset.study_ids).astype(str))
+    wanted = set(terms) if terms is not None else None
+    found, counts = [], []
+    for label in columns:
+        term = label[len(group) :]
+        if wanted is not None and term not in wanted:
+            continue
+        j = col[label]
+        lo, hi = values.indptr[j], values.indptr[j + 1]
+        rows = values.indices[lo:hi][values.data[lo:hi] >= threshold]
+        found.append(term)
+        counts.append(study_of.iloc[rows].nunique())
+    counts = np.asarray(counts, dtype=np.int64)
+    keep = counts > 0
+    if not keep.any():
+        raise ValueError("No term of the vocabulary is used by any study.")
+    return [str(t) for t in np.asarray(found)[keep]], counts[keep]

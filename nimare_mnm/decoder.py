@@ -14,15 +14,13 @@ import pandas as pd
 import torch
 from nimare.decode.base import Decoder
 
+from nimare_mnm.datasets import NEUROQUERY_GROUP, annotation_term_counts, study_titles
 from nimare_mnm.encoder import MAP_LEVELS, PRETRAINED_DIR, MNMEncoder
 
 LGR = logging.getLogger(__name__)
 
 __all__ = ["MNMDecoder", "load_brain_image"]
 
-#: Prefix of NeuroQuery's abstract term annotation in the Studysets of
-#: :func:`nimare_mnm.load_neuroquery` (NiMARE's label names).
-NEUROQUERY_GROUP = "neuroquery7547_abstract_count__"
 
 #: Smallest fraction of the MNI152 brain mask an image's field of view must cover: the test
 #: that an image is in MNI space looks at its geometry (affine and field of view).
@@ -254,13 +252,13 @@ class MNMDecoder(Decoder):
         encoder._check_fitted()
         self.encoder_ = encoder
         if dataset is None:
-            terms, frequency = self._pretrained_vocabulary()
+            terms, frequency, points = self._pretrained_vocabulary()
             self.study_ids_ = encoder.study_ids_
             self.study_points_ = encoder.study_text_points_
             self.study_titles_ = None
         else:
             studyset = as_studyset(dataset)
-            terms, frequency = self._vocabulary(studyset)
+            terms, frequency, points = self._vocabulary(studyset)
             texts = study_texts(studyset)
             known = pd.Index(encoder.study_ids_)
             if known.isin(texts.index).all() and len(known) == len(texts):
@@ -272,29 +270,39 @@ class MNMDecoder(Decoder):
                 with torch.no_grad():
                     points = encoder.model_.encode_text(torch.as_tensor(embeddings))
                 self.study_points_ = points.numpy()
-            self.study_titles_ = _titles(studyset)
-        self._set_terms(terms, frequency)
+            self.study_titles_ = study_titles(studyset)
+        self._set_terms(terms, frequency, points)
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
-    def _pretrained_vocabulary(self) -> tuple[list[str], np.ndarray]:
+    def _pretrained_vocabulary(self) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+        """Return the pretrained NeuroQuery terms, their counts and, for that model, points.
+
+        With the pretrained encoder itself the stored term points are reused (no embedding);
+        another encoder embeds the terms once, through the text encoder's disk cache.
+        """
         if not (PRETRAINED_DIR / "config.json").exists():
             raise FileNotFoundError(
                 "No vocabulary: pass a studyset with annotations, or features=[...]."
             )
         loaded = MNMDecoder.load_pretrained()
-        terms, frequency = loaded.features_, loaded.term_frequency_
+        terms, frequency = np.asarray(loaded.features_), loaded.term_frequency_
+        points = loaded.term_points_
         if self.features is not None:
             keep = np.isin(terms, self._requested())
-            terms, frequency = list(np.asarray(terms)[keep]), frequency[keep]
-        return [str(t) for t in terms], frequency
+            terms, frequency, points = terms[keep], frequency[keep], points[keep]
+        digest = getattr(self.encoder_, "weights_sha256_", None)
+        same_model = digest is not None and digest == loaded.encoder_.weights_sha256_
+        return [str(t) for t in terms], frequency, (points if same_model else None)
 
     def _requested(self) -> list[str]:
         group = (self.feature_group or NEUROQUERY_GROUP.rstrip("_")).rstrip("_") + "__"
         return [f[len(group) :] if f.startswith(group) else f for f in self.features]
 
-    def _vocabulary(self, studyset) -> tuple[list[str], np.ndarray]:
-        """Terms and their study counts from the studyset's annotations."""
+    def _vocabulary(self, studyset) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+        """Terms, their study counts and (when known) points, and say where they came from."""
+        import warnings
+
         labels = list(studyset.get_labels()) if len(studyset.annotations) else []
         if self.feature_group is not None:
             group = self.feature_group.rstrip("_") + "__"
@@ -302,41 +310,34 @@ class MNMDecoder(Decoder):
             group = NEUROQUERY_GROUP
         elif self.features is not None:
             terms = [str(f) for f in self.features]
-            return terms, np.full(len(terms), -1, dtype=np.int64)
+            LGR.info("Vocabulary: the %d terms given as features (no annotations).", len(terms))
+            return terms, np.full(len(terms), -1, dtype=np.int64), None
         else:
-            return self._pretrained_vocabulary()
-        columns = [lb for lb in labels if lb.startswith(group)]
-        if not columns:
-            raise ValueError(
-                f"The studyset has no annotation labels starting with {group!r}; "
-                f"available groups: {sorted({lb.split('__')[0] for lb in labels})}."
+            terms, counts, points = self._pretrained_vocabulary()
+            groups = sorted({lb.split("__")[0] for lb in labels})
+            found = f"its label groups: {groups}" if groups else "it has no labels"
+            warnings.warn(
+                f"The studyset has no NeuroQuery term annotations ({found}), so the decoder "
+                "uses the pretrained model's NeuroQuery vocabulary "
+                f"({len(terms):,} terms). Pass features=[...] to decode with your own terms.",
+                UserWarning,
+                stacklevel=3,
             )
-        block = studyset.label_block()
-        values = block.values.tocsc()
-        col = {lb: j for j, lb in enumerate(block.labels)}
-        study_of = pd.Series(np.asarray(studyset.study_ids).astype(str))
-        terms, counts = [], []
-        requested = set(self._requested()) if self.features is not None else None
-        for label in columns:
-            term = label[len(group) :]
-            if requested is not None and term not in requested:
-                continue
-            j = col[label]
-            lo, hi = values.indptr[j], values.indptr[j + 1]
-            rows = values.indices[lo:hi][values.data[lo:hi] >= self.frequency_threshold]
-            terms.append(term)
-            counts.append(study_of.iloc[rows].nunique())
-        counts = np.asarray(counts, dtype=np.int64)
-        keep = counts > 0
-        if not keep.any():
-            raise ValueError("No term of the vocabulary is used by any study.")
-        LGR.info("Vocabulary: %d of %d terms used by at least one study.", keep.sum(), len(keep))
-        return [str(t) for t in np.asarray(terms)[keep]], counts[keep]
+            return terms, counts, points
+        requested = self._requested() if self.features is not None else None
+        terms, counts = annotation_term_counts(
+            studyset, group, threshold=self.frequency_threshold, terms=requested
+        )
+        LGR.info("Vocabulary: %d terms of the %r annotations.", len(terms), group.rstrip("_"))
+        return terms, counts, None
 
     def _set_terms(self, terms: list[str], frequency: np.ndarray, points=None) -> None:
         encoder = self.encoder_
         if points is None:
-            embeddings = encoder._get_text_encoder().encode(list(terms))
+            many = len(terms) > 100
+            if many:
+                LGR.info("Embedding %d vocabulary terms (cached on disk).", len(terms))
+            embeddings = encoder._get_text_encoder().encode(list(terms), cache=many)
             with torch.no_grad():
                 points = encoder.model_.encode_text(torch.as_tensor(embeddings)).numpy()
         self.features_ = list(terms)
@@ -507,16 +508,3 @@ class MNMDecoder(Decoder):
                 "or train one with scripts/train_pretrained.py."
             )
         return cls.from_checkpoint(PRETRAINED_DIR, device=device)
-
-
-def _titles(studyset) -> pd.Series | None:
-    """Study titles by study id, when the studyset has them."""
-    try:
-        meta = studyset.get_metadata(field="title")
-    except Exception:  # noqa: BLE001 - titles are optional decoration
-        return None
-    ids = np.asarray(studyset.study_ids).astype(str)
-    if len(meta) != len(ids):
-        return None
-    titles = pd.Series(list(meta), index=ids)
-    return titles[~titles.index.duplicated()]

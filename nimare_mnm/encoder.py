@@ -13,6 +13,8 @@ import pandas as pd
 import torch
 from nimare.base import NiMAREBase
 
+from nimare_mnm.confidence import MAX_QUERY_CHARS
+
 LGR = logging.getLogger(__name__)
 
 __all__ = ["MNMEncoder", "PRETRAINED_DIR", "to_density", "validate_texts"]
@@ -34,8 +36,15 @@ N_NEIGHBOURS = 10
 TRANSFORM_CHUNK = 64
 
 
-def validate_texts(text) -> tuple[list[str], bool]:
-    """Check query texts: one string or a list of strings, none empty.
+def validate_texts(text, max_chars: int | None = None) -> tuple[list[str], bool]:
+    """Check query texts: one string or a list of strings, none empty or too long.
+
+    Parameters
+    ----------
+    text : :obj:`str` or :obj:`list` of :obj:`str`
+        One text or several.
+    max_chars : :obj:`int`, optional
+        Longest text accepted (:data:`nimare_mnm.confidence.MAX_QUERY_CHARS` for queries).
 
     Returns
     -------
@@ -55,6 +64,12 @@ def validate_texts(text) -> tuple[list[str], bool]:
             raise TypeError(f"Text {i} is a {type(item).__name__}, not a string.")
         if not item.strip():
             raise ValueError(f"Text {i} is empty or only whitespace.")
+        if max_chars is not None and len(item) > max_chars:
+            raise ValueError(
+                f"Text {i} has {len(item):,} characters, more than the {max_chars:,} a query "
+                "may have (about ten abstracts): pass a summary, or split it and combine the "
+                "maps."
+            )
     return texts, single
 
 
@@ -129,6 +144,15 @@ class MNMEncoder(NiMAREBase):
         corpus when :meth:`retrieve` needs it).
     training_ : :obj:`dict`
         Training record: history, best epoch, validation Recall@10, timings, corpus.
+    vocabulary_ : :class:`~nimare_mnm.confidence.QueryVocabulary` or None
+        The terms the training studies use (their NeuroQuery terms when the studyset has
+        them, else the words of at least two training texts), which give each query its
+        confidence; None for a checkpoint that does not record one.
+    confidence_threshold_ : :obj:`float`
+        Queries less confident than this get a warning: the confidence that 1 % of the
+        validation studies' titles fall below (NaN when not calibrated).
+    weights_sha256_ : :obj:`str`
+        Only for a model loaded from a checkpoint: the digest of its weights.
 
     Examples
     --------
@@ -305,7 +329,42 @@ class MNMEncoder(NiMAREBase):
             "loss": spec["loss"].__dict__.copy(),
             "train_config": train_config.to_dict(),
         }
+        self._fit_vocabulary(studyset, arrays.texts, result.val_rows)
         return self
+
+    def _fit_vocabulary(self, studyset, texts, val_rows) -> None:
+        """Set the query vocabulary and calibrate the confidence threshold on validation."""
+        from nimare_mnm.confidence import (
+            CALIBRATION_QUANTILE,
+            QueryVocabulary,
+            calibrate_threshold,
+            vocabulary_from_texts,
+        )
+        from nimare_mnm.datasets import NEUROQUERY_GROUP, annotation_term_counts, study_titles
+
+        labels = list(studyset.get_labels()) if len(studyset.annotations) else []
+        if any(label.startswith(NEUROQUERY_GROUP) for label in labels):
+            terms, _ = annotation_term_counts(studyset, NEUROQUERY_GROUP)
+            source = "NeuroQuery terms used by the training studies"
+        else:
+            terms = vocabulary_from_texts(texts, min_df=2)
+            source = "words used by at least two training texts"
+        self.vocabulary_ = QueryVocabulary(terms)
+        titles = study_titles(studyset)
+        queries = [] if titles is None else titles.reindex(self.validation_ids_).dropna()
+        queries = [str(q) for q in queries if str(q).strip()]
+        calibration = "validation titles"
+        if len(queries) < len(self.validation_ids_) // 2:
+            queries, calibration = [texts[i] for i in val_rows], "validation texts"
+        self.confidence_threshold_ = calibrate_threshold(self.vocabulary_, queries)
+        self.training_["query_confidence"] = {
+            "threshold": self.confidence_threshold_,
+            "quantile": CALIBRATION_QUANTILE,
+            "calibration": calibration,
+            "n_calibration": len(queries),
+            "vocabulary": source,
+            "n_terms": len(self.vocabulary_),
+        }
 
     def _set_fitted(
         self,
@@ -424,7 +483,7 @@ class MNMEncoder(NiMAREBase):
         :class:`numpy.ndarray`
         """
         self._check_fitted()
-        texts, _ = validate_texts(text)
+        texts, _ = validate_texts(text, MAX_QUERY_CHARS)
         embeddings = self._get_text_encoder().encode(texts, cache=cache)
         with torch.no_grad():
             return self.model_.encode_text(torch.as_tensor(embeddings)).numpy()
@@ -461,6 +520,59 @@ class MNMEncoder(NiMAREBase):
             prepared = prepare_brain(arrays.brain)["brain"]
             brain_points = embed_all(self.model_, prepared, "brain", "cpu").numpy()
         return arrays.ids, text_points, brain_points
+
+    def confidence(self, text, warn: bool = True) -> pd.DataFrame:
+        """How much of each query the model's vocabulary recognises.
+
+        A query's confidence is the fraction of its content words that lie inside a term the
+        training studies use (:class:`~nimare_mnm.confidence.QueryVocabulary`): 1 for
+        "working memory", 0 for "???", an emoji or a language the model was not trained on.
+        A map predicted for a query of low confidence rests on the text encoder alone.
+
+        Parameters
+        ----------
+        text : :obj:`str` or :obj:`list` of :obj:`str`
+            Queries.
+        warn : :obj:`bool`, default=True
+            Warn about queries below :attr:`confidence_threshold_`.
+
+        Returns
+        -------
+        :class:`pandas.DataFrame`
+            One row per query: ``text``, ``confidence`` (NaN when the model has no
+            vocabulary), ``terms`` (the recognised terms, ``"; "``-separated) and ``low``
+            (below the threshold).
+        """
+        import warnings
+
+        self._check_fitted()
+        texts, _ = validate_texts(text, MAX_QUERY_CHARS)
+        vocabulary = getattr(self, "vocabulary_", None)
+        if vocabulary is None:
+            found = [(np.nan, [])] * len(texts)
+        else:
+            found = [vocabulary.recognise(t) for t in texts]
+        threshold = getattr(self, "confidence_threshold_", np.nan)
+        table = pd.DataFrame(
+            {
+                "text": texts,
+                "confidence": [c for c, _ in found],
+                "terms": ["; ".join(terms) for _, terms in found],
+            }
+        )
+        table["low"] = table["confidence"] < threshold
+        if warn and table["low"].any():
+            low = table[table["low"]]
+            shown = ", ".join(repr(t[:40]) for t in low["text"].head(5))
+            warnings.warn(
+                f"{len(low)} of {len(table)} queries are barely recognised by the model's "
+                f"vocabulary (confidence below {threshold:.2f}, which 1 % of validation "
+                f"titles fall below): {shown}. Their maps rest on the text encoder alone; "
+                "use English neuroscience terms.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return table
 
     def generality(self, text) -> np.ndarray:
         """Hyperbolic distance of each text's point to the origin (lower: more general)."""
@@ -526,8 +638,9 @@ class MNMEncoder(NiMAREBase):
               :class:`~nimare_mnm.results.LevelMaps`), which keeps large batches fast and
               small.
 
-            Tables: ``"query"`` (the text and its generality, the hyperbolic distance of its
-            point to the origin) and ``"levels"`` (one row per region of every level: mean,
+            Tables: ``"query"`` (the text; its generality, the hyperbolic distance of its
+            point to the origin; its confidence and the vocabulary terms recognised in it, see
+            :meth:`confidence`) and ``"levels"`` (one row per region of every level: mean,
             standard deviation and peak z of the whole-brain prediction inside the region,
             its number of voxels, and the region's rank by mean z within its level).
         """
@@ -535,10 +648,11 @@ class MNMEncoder(NiMAREBase):
 
         from nimare_mnm.results import LevelMaps
 
-        texts, single = validate_texts(text)
+        texts, single = validate_texts(text, MAX_QUERY_CHARS)
         points = self.embed_text(texts)
         with torch.no_grad():
             generality = self.model_.generality(torch.as_tensor(points)).numpy()
+        confidence = self.confidence(texts)
         stub = self._stub()
         description = (
             "nimare-mnm prediction for {!r} ({} model). Maps are z-scored over the brain mask "
@@ -557,7 +671,12 @@ class MNMEncoder(NiMAREBase):
                     maps={"z": maps[i]},
                     tables={
                         "query": pd.DataFrame(
-                            {"text": [query], "generality": [float(generality[start + i])]}
+                            {
+                                "text": [query],
+                                "generality": [float(generality[start + i])],
+                                "confidence": [confidence["confidence"].iloc[start + i]],
+                                "terms": [confidence["terms"].iloc[start + i]],
+                            }
                         ),
                         "levels": table,
                     },
@@ -691,7 +810,7 @@ class MNMEncoder(NiMAREBase):
         :class:`pandas.DataFrame`
             (n_studies, n_texts), indexed by study id.
         """
-        texts, _ = validate_texts(text)
+        texts, _ = validate_texts(text, MAX_QUERY_CHARS)
         points = self.embed_text(texts, cache=cache)
         scores = self.similarity(points, self.study_brain_points_) + self.similarity(
             points, self.study_text_points_
@@ -785,6 +904,12 @@ class MNMEncoder(NiMAREBase):
             },
             "n_neighbours": getattr(self, "n_neighbours_", None),
             "training": {k: v for k, v in self.training_.items() if k != "history"},
+            "query_confidence": self.training_.get("query_confidence"),
+            "vocabulary": (
+                sorted(self.vocabulary_.terms)
+                if getattr(self, "vocabulary_", None) is not None
+                else None
+            ),
             "history": self.training_.get("history", []),
         }
         config["params"]["data_dir"] = None  # a local path means nothing elsewhere
@@ -876,8 +1001,37 @@ class MNMEncoder(NiMAREBase):
         if model.decoder is None:
             encoder.n_neighbours_ = int(config.get("n_neighbours") or N_NEIGHBOURS)
         encoder.studyset_ = None
+        encoder.weights_sha256_ = config.get("sha256")
         encoder.training_ = {**config.get("training", {}), "history": config.get("history", [])}
+        encoder._load_vocabulary(config, path)
         return encoder, config, arrays
+
+    def _load_vocabulary(self, config: dict, path) -> None:
+        """Query vocabulary and threshold of a checkpoint.
+
+        Checkpoints written before the vocabulary was stored fall back to their decoder's
+        terms (the same NeuroQuery terms of the training studies) and say so.
+        """
+        from nimare_mnm.confidence import QueryVocabulary
+
+        terms = config.get("vocabulary") or (config.get("decoder") or {}).get("features")
+        record = config.get("query_confidence") or {}
+        self.vocabulary_ = QueryVocabulary(terms) if terms else None
+        self.confidence_threshold_ = float(record.get("threshold", np.nan))
+        if record:
+            self.training_["query_confidence"] = record
+        if self.vocabulary_ is None:
+            LGR.warning(
+                "The checkpoint in %s records no vocabulary: query confidence is unavailable "
+                "(NaN).",
+                path,
+            )
+        elif np.isnan(self.confidence_threshold_):
+            LGR.warning(
+                "The checkpoint in %s has no calibrated confidence threshold: queries get a "
+                "confidence but no warning.",
+                path,
+            )
 
     @classmethod
     def load_pretrained(cls, device: str = "auto") -> MNMEncoder:
