@@ -78,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True, help="folder holding neuroquery/")
     args = parser.parse_args()
+    started = provenance()  # the commit and work-tree state this run starts from
 
     encoder = MNMEncoder.load_pretrained(device="cpu")
     ids, checked = validation_ids(encoder)
@@ -121,7 +122,7 @@ def main() -> None:
         },
         "real_queries": scored(REAL_QUERIES),
         "nonsense_queries": scored(NONSENSE_QUERIES),
-        **provenance(),
+        **started,
     }
     RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps({k: result[k] for k in ("threshold", "n_calibration")}, indent=2))
