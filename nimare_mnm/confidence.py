@@ -180,7 +180,9 @@ def calibrate_threshold(
         raise ValueError("Calibrating the confidence threshold needs at least one query.")
     if not 0 <= quantile < 1:
         raise ValueError(f"quantile must be in [0, 1), got {quantile!r}.")
-    return float(np.quantile(vocabulary.confidence(queries), quantile, method="lower"))
+    confidence = np.sort(vocabulary.confidence(queries))
+    # At most floor(quantile * n) queries lie strictly below the value at that position.
+    return float(confidence[min(int(quantile * len(confidence)), len(confidence) - 1)])
 
 
 def vocabulary_from_texts(texts: Iterable[str], min_df: int = 2) -> list[str]:
