@@ -145,9 +145,11 @@ def _demo(args) -> dict:
         # With the corpus: the first query's 50 nearest studies, meta-analysed with ALE.
         from nimare.meta.cbma import ALE
 
+        from nimare_mnm.encoder import fit_meta_analysis
+
         query = args.queries[0]
         studies = decoder.encoder_.retrieve(query, k=50, data_dir=args.data_dir)
-        ale = ALE(kernel__fwhm=10).fit(studies)
+        ale = fit_meta_analysis(ALE(kernel__fwhm=10), studies)
         path = out / f"{_stem(query)}_retrieved50_ale_z.nii.gz"
         ale.get_map("z").to_filename(path)
         _plot(ale.get_map("z"), out / f"{_stem(query)}_retrieved50_ale_z.png", f"{query}: ALE")
@@ -193,8 +195,10 @@ def _retrieve(args) -> dict:
     if args.meta_analysis:
         from nimare.meta.cbma import ALE, MKDADensity
 
+        from nimare_mnm.encoder import fit_meta_analysis
+
         estimator = ALE(kernel__fwhm=10) if args.meta_analysis == "ale" else MKDADensity()
-        result = estimator.fit(top)
+        result = fit_meta_analysis(estimator, top)
         folder = Path(args.out)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{_stem(args.text)}_{args.meta_analysis}_z.nii.gz"

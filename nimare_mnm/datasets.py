@@ -346,6 +346,30 @@ def _na(values: pd.Series) -> list:
     return ["n/a" if pd.isna(v) else v for v in values]
 
 
+#: A cache build's temporary folder untouched for this long was left by a killed process.
+STALE_BUILD_SECONDS = 3600
+
+
+def _remove_stale_builds(folder: Path, label: str) -> None:
+    """Delete temporary build folders of ``label`` left behind by interrupted processes.
+
+    A build writes into ``<label>-<key>.tmp-*`` and renames it when complete; a process
+    killed meanwhile (``kill -9``, a power cut) leaves the folder. One that has not changed
+    for :data:`STALE_BUILD_SECONDS` is not another process's build in progress.
+    """
+    import time
+
+    now = time.time()
+    for tmp in folder.glob(f"{label}-*.tmp-*"):
+        try:
+            stale = tmp.is_dir() and now - tmp.stat().st_mtime > STALE_BUILD_SECONDS
+        except OSError:  # removed by another process meanwhile
+            continue
+        if stale:
+            LGR.info(f"Removing {tmp}, left by an interrupted cache build.")
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _write_tables(tables: dict[str, pd.DataFrame], directory: Path, name: str, sid: str):
     """Write NiMARE parquet studyset tables atomically into ``directory``."""
     import json
@@ -444,6 +468,7 @@ def _from_cache(
 
     key = file_fingerprint(list(files.values()), _CACHE_FORMAT, target)
     directory = get_cache_dir(cache_dir) / f"{label}-{key}"
+    _remove_stale_builds(directory.parent, label)
     if not (directory / "studyset.json").is_file():
         LGR.info(f"Building the {label} studyset tables (cached in {directory}).")
         _write_tables(build(), directory, name=label, sid=label)

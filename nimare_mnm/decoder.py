@@ -252,13 +252,13 @@ class MNMDecoder(Decoder):
         encoder._check_fitted()
         self.encoder_ = encoder
         if dataset is None:
-            terms, frequency, points = self._pretrained_vocabulary()
+            terms, frequency, term_points = self._pretrained_vocabulary()
             self.study_ids_ = encoder.study_ids_
             self.study_points_ = encoder.study_text_points_
             self.study_titles_ = None
         else:
             studyset = as_studyset(dataset)
-            terms, frequency, points = self._vocabulary(studyset)
+            terms, frequency, term_points = self._vocabulary(studyset)
             texts = study_texts(studyset)
             known = pd.Index(encoder.study_ids_)
             if known.isin(texts.index).all() and len(known) == len(texts):
@@ -271,7 +271,7 @@ class MNMDecoder(Decoder):
                     points = encoder.model_.encode_text(torch.as_tensor(embeddings))
                 self.study_points_ = points.numpy()
             self.study_titles_ = study_titles(studyset)
-        self._set_terms(terms, frequency, points)
+        self._set_terms(terms, frequency, term_points)
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 

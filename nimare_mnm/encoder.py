@@ -17,7 +17,7 @@ from nimare_mnm.confidence import MAX_QUERY_CHARS
 
 LGR = logging.getLogger(__name__)
 
-__all__ = ["MNMEncoder", "PRETRAINED_DIR", "to_density", "validate_texts"]
+__all__ = ["MNMEncoder", "PRETRAINED_DIR", "fit_meta_analysis", "to_density", "validate_texts"]
 
 #: Folder of the pretrained model shipped inside the package.
 PRETRAINED_DIR = Path(__file__).parent / "data" / "pretrained"
@@ -242,7 +242,15 @@ class MNMEncoder(NiMAREBase):
         spec = get_preset(self.preset)
         studyset = as_studyset(studyset)
         n_given = len(np.unique(studyset.study_ids))
-        levels = BrainLevels(self.data_dir).fit()
+        try:
+            levels = BrainLevels(self.data_dir).fit()
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                "Training needs the atlases that define the brain levels (Yeo-7, Yeo-17 and "
+                "Harvard-Oxford subcortical): they go in the atlases/ subfolder of data_dir= "
+                "(or of NIMARE_MNM_DATA), as ../shared/data/atlases holds them, or nilearn "
+                f"downloads them once with internet access. {exc}"
+            ) from exc
         vectorizer = BrainVectorizer(block_mm=self.block_mm, data_dir=self.data_dir).fit(levels)
         arrays = corpus_arrays(
             studyset,
@@ -885,7 +893,7 @@ class MNMEncoder(NiMAREBase):
 
         studies = self.retrieve(text, k=k, **kwargs)
         estimator = estimator if estimator is not None else ALE(kernel__fwhm=10)
-        return estimator.fit(studies)
+        return fit_meta_analysis(estimator, studies)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_parts(self) -> tuple[dict, dict]:
@@ -1047,6 +1055,47 @@ class MNMEncoder(NiMAREBase):
                 "or train one with scripts/train_pretrained.py."
             )
         return cls.from_checkpoint(PRETRAINED_DIR, device=device)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def fit_meta_analysis(estimator, studies):
+    """Fit a NiMARE CBMA estimator on retrieved studies.
+
+    NeuroQuery reports no sample sizes. With a kernel that does not use them (ALE with a
+    fixed ``kernel__fwhm``, MKDA, KDA), NiMARE's log message that they are missing does not
+    apply to the result and is dropped; an ALE whose kernel width depends on the sample sizes
+    keeps it (and NiMARE then stops on the missing field).
+
+    Parameters
+    ----------
+    estimator : NiMARE CBMA estimator
+        Unfitted, e.g. ``ALE(kernel__fwhm=10)`` or ``MKDADensity()``.
+    studies : :class:`nimare.nimads.Studyset`
+        For example the output of :meth:`MNMEncoder.retrieve`.
+
+    Returns
+    -------
+    :class:`nimare.results.MetaResult`
+    """
+    kernel = getattr(estimator, "kernel_transformer", None)
+    uses_sample_sizes = type(kernel).__name__ == "ALEKernel" and kernel.fwhm is None
+    if uses_sample_sizes:
+        return estimator.fit(studies)
+    quiet = _DropMessage("'sample_sizes', 'sample_size' not found")
+    logger = logging.getLogger("nimare.utils")
+    logger.addFilter(quiet)
+    try:
+        return estimator.fit(studies)
+    finally:
+        logger.removeFilter(quiet)
 
 
 def to_density(rooted: np.ndarray) -> np.ndarray:

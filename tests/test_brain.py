@@ -213,6 +213,15 @@ def test_missing_atlas_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(brain, "_nilearn_atlas", offline)
     with pytest.raises(FileNotFoundError, match="yeo7.*not found"):
         load_atlas("yeo7", tmp_path)
+    # Training says why it needs them and where they go.
+    from conftest import make_studyset
+
+    from nimare_mnm import MNMEncoder
+
+    monkeypatch.delenv("NIMARE_MNM_DATA", raising=False)
+    studies = make_studyset({"s1": [(0, 0, 0)], "s2": [(10, 10, 10)]}, abstracts=["a", "b"])
+    with pytest.raises(FileNotFoundError, match="Training needs the atlases.*atlases/ subfolder"):
+        MNMEncoder(data_dir=str(tmp_path), device="cpu").fit(studies)
 
 
 @requires_data

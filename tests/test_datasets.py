@@ -184,6 +184,27 @@ def test_real_neuroquery(neuroquery):
 
 
 @requires_data
+def test_interrupted_cache_builds_are_cleaned_up(neuroquery, data_dir, cache_dir):
+    # A build killed with kill -9 leaves neuroquery-<hash>.tmp-*; the next load removes it,
+    # but not a build that another process may still be writing.
+    import os
+    import time
+
+    from nimare_mnm import load_neuroquery
+
+    stale = cache_dir / "neuroquery-0123abcd.tmp-killed"
+    fresh = cache_dir / "neuroquery-0123abcd.tmp-running"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "coordinates.parquet").write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    studyset = load_neuroquery(data_dir, cache_dir=cache_dir)
+    assert len(studyset.study_ids) == len(neuroquery.study_ids)
+    assert not stale.exists() and fresh.exists()
+
+
+@requires_data
 def test_real_neurosynth(data_dir, cache_dir):
     ss = load_neurosynth(data_dir, cache_dir=cache_dir, annotations=False)
     assert len(ss.study_ids) == 14371

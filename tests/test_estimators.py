@@ -1,7 +1,9 @@
 """MNMEncoder and MNMDecoder: NiMARE estimator contract, bad input, pretrained model, retrieval."""
 
 import json
+import logging
 import shutil
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -443,7 +445,7 @@ def small_fit(neuroquery, data_dir):
 
 
 @requires_data
-def test_fit_transform_retrieve_meta_analysis(small_fit):
+def test_fit_transform_retrieve_meta_analysis(small_fit, caplog):
     from nimare.meta.cbma import ALE, MKDADensity
 
     enc, subset = small_fit
@@ -461,8 +463,52 @@ def test_fit_transform_retrieve_meta_analysis(small_fit):
     assert mkda.maps["z"].max() > 0
     result = enc.meta_analysis("motor", k=20, estimator=MKDADensity())
     assert result.maps["z"].max() > 0
+    # NeuroQuery has no sample sizes: NiMARE says so on a plain fit, which a fixed-width
+    # kernel does not need; the meta-analysis drops that message and only that one.
+    with caplog.at_level("WARNING", logger="nimare.utils"):
+        ALE(kernel__fwhm=10).fit(top)
+    assert "sample_size" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nimare.utils"):
+        enc.meta_analysis("motor", k=20)
+    assert "sample_size" not in caplog.text
+    assert not logging.getLogger("nimare.utils").filters
+    # The vocabulary and the confidence threshold come from the training studies.
+    record = enc.training_["query_confidence"]
+    assert record["vocabulary"].startswith("NeuroQuery terms") and record["n_terms"] > 100
+    assert record["calibration"] == "validation titles"
+    assert record["n_calibration"] == len(enc.validation_ids_)
+    assert 0 < enc.confidence_threshold_ <= 1
+    assert enc.confidence("motor cortex")["confidence"].iloc[0] == 1.0
     with pytest.raises(ValueError, match="exceeds"):
         enc.retrieve("motor", k=10_000)
+
+
+def test_decoder_without_annotations_says_which_vocabulary():
+    from conftest import make_studyset
+
+    encoder = MNMEncoder.load_pretrained(device="cpu")
+    reference = MNMDecoder.load_pretrained(device="cpu")
+    studies = make_studyset(
+        {"s1": [(0, 0, 0)], "s2": [(10, 10, 10)]},
+        abstracts=["finger tapping task", "n-back working memory task"],
+    )
+    match = f"no NeuroQuery term annotations.*{len(reference.features_):,} terms"
+    with pytest.warns(UserWarning, match=match):
+        dec = MNMDecoder(encoder=encoder).fit(studies)
+    assert dec.features_ == reference.features_
+    # The pretrained model's own term points are reused, not embedded again.
+    np.testing.assert_array_equal(dec.term_points_, reference.term_points_)
+    assert set(
+        dec.decode_studies(encoder.transform("finger tapping").get_map("z"), k=2).index
+    ) == {
+        "s1",
+        "s2",
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the user's own terms: no fallback, no warning
+        own = MNMDecoder(encoder=encoder, features=["motor", "memory"]).fit(studies)
+    assert own.features_ == ["motor", "memory"]
 
 
 @requires_data
