@@ -37,11 +37,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str):
-    """Import an estimator or loader on first access (PEP 562)."""
+    """Import an estimator, a loader or a submodule on first access (PEP 562)."""
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if not name.startswith("_"):
+        try:  # ``nimare_mnm.brain`` and the like, as before the imports became lazy
+            return import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
     raise AttributeError(f"module 'nimare_mnm' has no attribute {name!r}")
 
 

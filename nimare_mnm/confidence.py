@@ -122,8 +122,6 @@ class QueryVocabulary:
         """
         tokens = words(text)
         content = {i for i, token in enumerate(tokens) if self._is_content(token)}
-        if not content:
-            return 0.0, []
         covered: set[int] = set()
         found: list[str] = []
         for n in range(min(self.max_words, len(tokens)), 0, -1):
@@ -137,7 +135,9 @@ class QueryVocabulary:
                 if not span <= covered and term not in found:
                     found.append(term)
                 covered |= span
-        return len(covered & content) / len(content), found
+        # Words inside a recognised multi-word term ("n back") are content too.
+        content |= covered
+        return (len(covered) / len(content) if content else 0.0), found
 
     def confidence(self, texts: Sequence[str]) -> np.ndarray:
         """Confidence of each text (see :meth:`recognise`).

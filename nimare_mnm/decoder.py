@@ -136,8 +136,17 @@ def load_brain_image(img, *, return_coverage: bool = False):
                 "first)."
             )
         values = map_coordinates(clean, coords, order=1, mode="constant", cval=0.0)
-        nearest = np.clip(np.rint(coords).astype(int), 0, shape - 1)
-        has_data = inside & ~no_data[tuple(nearest)]
+        if no_data.any():
+            # Interpolate among the voxels with data only: next to an analysis mask's edge a
+            # brain voxel takes the mean of its neighbours with data, not a mean pulled
+            # towards the zeros that stand in for NaN.
+            weight = map_coordinates(
+                (~no_data).astype(np.float32), coords, order=1, mode="constant", cval=0.0
+            )
+            has_data = inside & (weight >= 0.5)
+            values = np.where(has_data, values / np.maximum(weight, 0.5), 0.0)
+        else:
+            has_data = inside
     # Signal far outside the MNI brain suggests a registration problem (a warning only:
     # unmasked maps carry noise over the whole field of view).
     total = np.abs(clean).sum(dtype=np.float64) * abs(np.linalg.det(img.affine[:3, :3]))

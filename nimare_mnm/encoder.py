@@ -337,7 +337,17 @@ class MNMEncoder(NiMAREBase):
             "loss": spec["loss"].__dict__.copy(),
             "train_config": train_config.to_dict(),
         }
-        self._fit_vocabulary(studyset, arrays.texts, result.val_rows)
+        try:
+            self._fit_vocabulary(studyset, arrays.texts, result.val_rows)
+        except ValueError as exc:  # a finished training run is not lost for it
+            import warnings
+
+            self.vocabulary_, self.confidence_threshold_ = None, np.nan
+            warnings.warn(
+                f"No query vocabulary could be built ({exc}): query confidence is NaN.",
+                UserWarning,
+                stacklevel=2,
+            )
         return self
 
     def _fit_vocabulary(self, studyset, texts, val_rows) -> None:
@@ -393,6 +403,9 @@ class MNMEncoder(NiMAREBase):
         from nimare_mnm.training import embed_all, prepare_brain
 
         model.eval()
+        # A new model: the digest of loaded weights and a corpus read for retrieval go.
+        self.__dict__.pop("weights_sha256_", None)
+        self.__dict__.pop("_loaded_corpus", None)
         self.model_ = model
         self.similarity_ = similarity
         self.vectorizer_ = vectorizer
@@ -549,10 +562,8 @@ class MNMEncoder(NiMAREBase):
         :class:`pandas.DataFrame`
             One row per query: ``text``, ``confidence`` (NaN when the model has no
             vocabulary), ``terms`` (the recognised terms, ``"; "``-separated) and ``low``
-            (below the threshold).
+            (below the threshold, or no term recognised at all).
         """
-        import warnings
-
         self._check_fitted()
         texts, _ = validate_texts(text, MAX_QUERY_CHARS)
         vocabulary = getattr(self, "vocabulary_", None)
@@ -568,19 +579,34 @@ class MNMEncoder(NiMAREBase):
                 "terms": ["; ".join(terms) for _, terms in found],
             }
         )
-        table["low"] = table["confidence"] < threshold
-        if warn and table["low"].any():
-            low = table[table["low"]]
-            shown = ", ".join(repr(t[:40]) for t in low["text"].head(5))
-            warnings.warn(
-                f"{len(low)} of {len(table)} queries are barely recognised by the model's "
-                f"vocabulary (confidence below {threshold:.2f}, which 1 % of validation "
-                f"titles fall below): {shown}. Their maps rest on the text encoder alone; "
-                "use English neuroscience terms.",
-                UserWarning,
-                stacklevel=2,
-            )
+        # Nothing recognised is always low, whatever the calibration gave.
+        table["low"] = (table["confidence"] < threshold) | (table["confidence"] == 0)
+        if warn:
+            self._warn_low_confidence(table, stacklevel=3)
         return table
+
+    def _warn_low_confidence(self, table: pd.DataFrame, stacklevel: int) -> None:
+        import warnings
+
+        if not table["low"].any():
+            return
+        low = table[table["low"]]
+        shown = ", ".join(repr(t[:40]) for t in low["text"].head(5))
+        record = self.training_.get("query_confidence", {})
+        threshold = getattr(self, "confidence_threshold_", np.nan)
+        calibrated = (
+            f"below {threshold:.2f}, the level {100 * record.get('quantile', 0.01):g} % of the "
+            f"{record.get('calibration', 'validation queries')} fall below"
+            if np.isfinite(threshold)
+            else "no term recognised"
+        )
+        warnings.warn(
+            f"{len(low)} of {len(table)} queries are barely recognised by the model's "
+            f"vocabulary (confidence {calibrated}): {shown}. Their maps rest on the text "
+            "encoder alone; use English neuroscience terms.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
     def generality(self, text) -> np.ndarray:
         """Hyperbolic distance of each text's point to the origin (lower: more general)."""
@@ -660,7 +686,8 @@ class MNMEncoder(NiMAREBase):
         points = self.embed_text(texts)
         with torch.no_grad():
             generality = self.model_.generality(torch.as_tensor(points)).numpy()
-        confidence = self.confidence(texts)
+        confidence = self.confidence(texts, warn=False)
+        self._warn_low_confidence(confidence, stacklevel=3)
         stub = self._stub()
         description = (
             "nimare-mnm prediction for {!r} ({} model). Maps are z-scored over the brain mask "
@@ -768,8 +795,8 @@ class MNMEncoder(NiMAREBase):
 
         ``studyset`` wins; then an explicit ``data_dir`` (that folder's NeuroQuery files,
         read once and kept while the same folder is asked for); then the studies the model
-        was fitted on; then the encoder's ``data_dir`` or ``NIMARE_MNM_DATA``. Retrieval
-        never changes the fitted attributes.
+        was fitted on; then the encoder's ``data_dir`` or ``NIMARE_MNM_DATA``; then the folder
+        of an earlier call. Retrieval never changes the fitted attributes.
         """
         from nimare_mnm.datasets import as_studyset
         from nimare_mnm.utils import get_data_dir
@@ -780,11 +807,18 @@ class MNMEncoder(NiMAREBase):
             return self.studyset_
         corpus = getattr(self, "training_", {}).get("corpus")
         if corpus != "neuroquery":
+            if getattr(self, "studyset_", None) is not None:
+                raise ValueError(
+                    "data_dir= only serves models trained on NeuroQuery; this model retrieves "
+                    "from the studies it was fitted on (leave data_dir out)."
+                )
             raise ValueError(
-                "This model does not hold its training studies; pass them as studyset="
-                + (" (data_dir= only serves models trained on NeuroQuery)." if data_dir else ".")
+                "This model does not hold its training studies; pass them as studyset=."
             )
         folder = get_data_dir(data_dir if data_dir is not None else self.data_dir)
+        loaded = self.__dict__.get("_loaded_corpus")
+        if folder is None and loaded is not None:
+            return loaded[1]  # the folder of an earlier retrieve(..., data_dir=...)
         if folder is None:
             raise ValueError(
                 "Retrieval returns the training studies' coordinates, which the pretrained "
@@ -792,7 +826,6 @@ class MNMEncoder(NiMAREBase):
                 "../shared/data) or set NIMARE_MNM_DATA."
             )
         key = os.path.realpath(folder)
-        loaded = self.__dict__.get("_loaded_corpus")
         if loaded is None or loaded[0] != key:
             from nimare_mnm.datasets import load_neuroquery
 

@@ -49,6 +49,15 @@ def test_recognise_hand_cases(query, confidence, terms):
     assert VOCABULARY.recognise(query) == (pytest.approx(confidence), terms)
 
 
+def test_words_of_a_multi_word_term_count_even_when_stop_words():
+    # "n" is a single letter and "back" a stop word: only the term makes them content.
+    assert QueryVocabulary(["n back"]).recognise("n-back") == (1.0, ["n back"])
+    assert QueryVocabulary(["n back"]).recognise("n-back pizza") == (
+        pytest.approx(2 / 3),
+        ["n back"],
+    )
+
+
 def test_vocabulary_refuses_to_be_empty():
     with pytest.raises(ValueError, match="at least one term"):
         QueryVocabulary(["", "??"])
@@ -101,6 +110,16 @@ def test_readme_queries_do_not_warn(encoder):
     assert results[0].tables["query"]["terms"].iloc[0] == "working memory"
     table = encoder.confidence(README_QUERIES + ["???"], warn=False)
     assert list(table["low"]) == [False] * len(README_QUERIES) + [True]
+
+
+def test_nothing_recognised_always_warns(encoder):
+    import copy
+
+    uncalibrated = copy.copy(encoder)
+    uncalibrated.confidence_threshold_ = 0.0  # e.g. 1 % of a small validation set scored 0
+    with pytest.warns(UserWarning, match="barely recognised"):
+        table = uncalibrated.confidence(["???", "working memory"])
+    assert list(table["low"]) == [True, False]
 
 
 def test_overlong_query_is_refused_with_its_length(encoder):

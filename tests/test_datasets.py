@@ -188,6 +188,7 @@ def test_interrupted_cache_builds_are_cleaned_up(neuroquery, data_dir, cache_dir
     # A build killed with kill -9 leaves neuroquery-<hash>.tmp-*; the next load removes it,
     # but not a build that another process may still be writing.
     import os
+    import shutil
     import time
 
     from nimare_mnm import load_neuroquery
@@ -202,6 +203,7 @@ def test_interrupted_cache_builds_are_cleaned_up(neuroquery, data_dir, cache_dir
     studyset = load_neuroquery(data_dir, cache_dir=cache_dir)
     assert len(studyset.study_ids) == len(neuroquery.study_ids)
     assert not stale.exists() and fresh.exists()
+    shutil.rmtree(fresh)
 
 
 @requires_data

@@ -166,3 +166,15 @@ def test_signal_outside_the_brain_warns_but_decodes(decoder):
     data[40:50, 50:60, 40:50] = 1.0  # a little signal in the brain
     with pytest.warns(UserWarning, match="registered to MNI space"):
         decoder.transform(nib.Nifti1Image(data, mask.affine))
+
+
+def test_values_next_to_an_analysis_mask_edge_are_not_pulled_to_zero():
+    # A constant map on an SPM 3 mm grid with NaN over the left hemisphere: every brain
+    # voxel with data reads the constant, also where its interpolation neighbours are NaN.
+    x = (np.indices((53, 63, 52))[0] * 3.0) - 78  # world x of each voxel
+    img = nib.Nifti1Image(np.where(x < 0, np.nan, 5.0).astype(np.float32), SPM_3MM)
+    values, coverage = load_brain_image(img, return_coverage=True)
+    assert 0.4 < coverage < 0.6
+    kept = values[values != 0]
+    assert len(kept) == pytest.approx(coverage * len(values), rel=1e-6)
+    np.testing.assert_allclose(kept, 5.0, rtol=1e-5)
