@@ -370,7 +370,7 @@ class MNMEncoder(NiMAREBase):
         self.vocabulary_ = QueryVocabulary(terms)
         titles = study_titles(studyset)
         queries = [] if titles is None else titles.reindex(self.validation_ids_).dropna()
-        queries = [str(q) for q in queries if str(q).strip()]
+        queries = [str(q) for q in queries if str(q).strip() not in ("", "n/a")]
         calibration = "validation titles"
         if len(queries) < len(self.validation_ids_) // 2:
             queries, calibration = [texts[i] for i in val_rows], "validation texts"
