@@ -43,9 +43,7 @@ def shipped_outputs() -> dict[str, np.ndarray]:
         [r.get_map("z_level-subcortical", return_type="array")[::STRIDE] for r in results]
     )
     tables = [r.tables["levels"] for r in results]
-    out["levels_region"] = tables[0]["level"].astype(str).to_numpy() + "/" + tables[0][
-        "region"
-    ].astype(str).to_numpy()
+    out["levels_region"] = (tables[0]["level"] + "/" + tables[0]["region"]).to_numpy(dtype=str)
     out["levels_mean_z"] = np.stack([t["mean_z"].to_numpy() for t in tables])
     out["levels_peak_z"] = np.stack([t["peak_z"].to_numpy() for t in tables])
     out["generality"] = np.array([r.tables["query"]["generality"].iloc[0] for r in results])
@@ -78,6 +76,8 @@ def main() -> None:
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
     out = shipped_outputs()
+    for key, value in out.items():  # no object arrays: the file loads without pickle
+        assert value.dtype != object, key
     np.savez_compressed(HERE / "shipped_outputs.npz", **out)
     meta = {
         "commit": commit,
