@@ -13,7 +13,6 @@ Usage::
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -70,13 +69,11 @@ def main():
         table = decoder.transform(motor)
         decode_times.append(time.perf_counter() - t0)
 
-    sys.path.insert(0, str(REPO / "tests"))
-    hits = known = None
+    hits = None
     if (Path(args.data_dir) / "atlases").is_dir():
-        from test_estimators import KNOWN_MISSES, textbook_hits
+        from nimare_mnm.experiments.textbook import textbook_hits
 
         hits = textbook_hits(encoder, args.data_dir)
-        known = textbook_hits(encoder, args.data_dir, KNOWN_MISSES)
     from nimare_mnm.experiments.provenance import provenance  # after import_seconds
 
     size = sum(f.stat().st_size for f in (REPO / "nimare_mnm/data/pretrained").iterdir())
@@ -92,10 +89,6 @@ def main():
         "textbook_hits": None if hits is None else int(sum(h for _, h in hits.values())),
         "textbook_total": None if hits is None else len(hits),
         "textbook_peaks": None if hits is None else {q: w for q, (w, _) in hits.items()},
-        # Queries the corpus does not support (see tests/test_estimators.py), not counted.
-        "known_misses_peaks": None
-        if known is None
-        else {q: {"peak": w, "hit": bool(h)} for q, (w, h) in known.items()},
         **provenance(),  # commit, dirty, date, machine
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

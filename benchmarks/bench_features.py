@@ -53,7 +53,8 @@ def stage_load_cached(data_dir, cache_dir, queue):
 
 def stage_density(data_dir, cache_dir, queue):
     from nimare_mnm import load_neuroquery
-    from nimare_mnm.brain import BrainVectorizer, PeakDensity
+    from nimare_mnm.densities import PeakDensity
+    from nimare_mnm.vectorizer import BrainVectorizer
 
     ss = load_neuroquery(data_dir, cache_dir=cache_dir, annotations=False)
     vec = BrainVectorizer(data_dir=data_dir).fit()
@@ -76,7 +77,7 @@ def stage_density(data_dir, cache_dir, queue):
 def stage_density_sparse(data_dir, cache_dir, queue):
     """Every voxel map of the corpus kept, as one sparse matrix."""
     from nimare_mnm import load_neuroquery
-    from nimare_mnm.brain import PeakDensity
+    from nimare_mnm.densities import PeakDensity
 
     ss = load_neuroquery(data_dir, cache_dir=cache_dir, annotations=False)
     t0 = time.perf_counter()
@@ -93,7 +94,9 @@ def stage_density_sparse(data_dir, cache_dir, queue):
 
 def stage_reconstruction(data_dir, cache_dir, queue, n_sample=1000):
     from nimare_mnm import load_neuroquery
-    from nimare_mnm.brain import BrainLevels, BrainVectorizer, PeakDensity
+    from nimare_mnm.atlases import BrainLevels
+    from nimare_mnm.densities import PeakDensity
+    from nimare_mnm.vectorizer import BrainVectorizer
 
     ss = load_neuroquery(data_dir, cache_dir=cache_dir, annotations=False)
     rng = np.random.default_rng(0)

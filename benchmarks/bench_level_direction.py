@@ -17,13 +17,15 @@ import os
 from pathlib import Path
 
 from nimare_mnm import load_neuroquery
-from nimare_mnm.brain import BrainLevels, BrainVectorizer
+from nimare_mnm.atlases import BrainLevels
 from nimare_mnm.evaluation import protocol_split
 from nimare_mnm.experiments.provenance import provenance
 from nimare_mnm.features import corpus_arrays
-from nimare_mnm.losses import preset
-from nimare_mnm.model import LevelLayout, MNMConfig
+from nimare_mnm.levels import LevelLayout
+from nimare_mnm.model import MNMConfig
+from nimare_mnm.presets import preset
 from nimare_mnm.training import TrainConfig, train
+from nimare_mnm.vectorizer import BrainVectorizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,14 +48,14 @@ def main():
     levels = BrainLevels(args.data_dir).fit()
     vectorizer = BrainVectorizer(data_dir=args.data_dir).fit(levels)
     arrays = corpus_arrays(studyset, vectorizer=vectorizer, ids=train_ids)
-    layout = LevelLayout.from_vectorizer(vectorizer, levels)
+    layout = LevelLayout.from_vectorizer(vectorizer, levels.levels_)
     out = {"epochs": args.epochs, "variants": {}}
     for name, overrides in VARIANTS.items():
         result = train(
             arrays.text,
             arrays.brain,
             model_config=MNMConfig(arrays.text.shape[1], arrays.brain.shape[1]),
-            loss_config=preset("nimare-mnm", **overrides)["loss"],
+            loss_config=preset("nimare-mnm", **overrides).loss,
             train_config=TrainConfig(
                 epochs=args.epochs, patience=args.epochs, show_progress=False
             ),

@@ -22,13 +22,15 @@ import numpy as np
 import torch
 
 from nimare_mnm import load_neuroquery
-from nimare_mnm.brain import BrainLevels, BrainVectorizer
+from nimare_mnm.atlases import BrainLevels
 from nimare_mnm.evaluation import protocol_split
 from nimare_mnm.experiments.provenance import provenance
 from nimare_mnm.features import corpus_arrays
-from nimare_mnm.losses import PRESETS
-from nimare_mnm.model import LevelLayout, MNMConfig
+from nimare_mnm.levels import LevelLayout
+from nimare_mnm.model import MNMConfig
+from nimare_mnm.presets import PRESETS
 from nimare_mnm.training import TrainConfig, train
+from nimare_mnm.vectorizer import BrainVectorizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,14 +51,14 @@ def main():
     vectorizer = BrainVectorizer(data_dir=args.data_dir).fit(levels)
     arrays = corpus_arrays(studyset, vectorizer=vectorizer, ids=train_ids)
     features_seconds = time.perf_counter() - t0
-    layout = LevelLayout.from_vectorizer(vectorizer, levels)
+    layout = LevelLayout.from_vectorizer(vectorizer, levels.levels_)
     spec = PRESETS["nimare-mnm"]
     config = MNMConfig(text_dim=arrays.text.shape[1], brain_dim=arrays.brain.shape[1])
     result = train(
         arrays.text,
         arrays.brain,
         model_config=config,
-        loss_config=spec["loss"],
+        loss_config=spec.loss,
         train_config=TrainConfig(epochs=args.epochs, device=args.device),
         layout=layout,
     )
@@ -79,7 +81,7 @@ def main():
         "mean_brain_radius": last["mean_brain_radius"],
         "history": result.history,
         "model_config": config.to_dict(),
-        "loss_config": spec["loss"].to_dict(),
+        "loss_config": spec.loss.to_dict(),
         "torch_threads": torch.get_num_threads(),
         **provenance(),  # commit, dirty, date, machine
     }

@@ -30,9 +30,8 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +40,25 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
+from nimare_mnm.levels import Level, LevelLayout, levels_from_dicts, levels_to_dicts
+from nimare_mnm.model import MNMConfig, MNMModel
+from nimare_mnm.utils import atomic_directory
+from nimare_mnm.vectorizer import BrainVectorizer
+
 LGR = logging.getLogger(__name__)
 
 __all__ = [
     "ARRAYS_FILE",
+    "EncoderCheckpoint",
     "CONFIG_FILE",
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
     "load_checkpoint",
+    "load_model",
+    "encoder_contents",
+    "read_encoder_checkpoint",
     "save_checkpoint",
+    "save_model",
     "state_shapes",
 ]
 
@@ -84,20 +93,6 @@ def _sha256(path: Path) -> str:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory entry to disk where the platform allows it (POSIX)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - file systems that refuse directory fsync
-        pass
-    finally:
-        os.close(fd)
 
 
 def _prepare_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -203,13 +198,7 @@ def save_checkpoint(
     except (TypeError, ValueError) as err:
         raise TypeError(f"config is not JSON-serialisable: {err}") from err
 
-    parent = path.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:12]
-    tmp = parent / f".{path.name}.tmp-{token}"
-    old = parent / f".{path.name}.old-{token}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(path) as tmp:
         weights_file = tmp / WEIGHTS_FILE
         arrays_file = tmp / ARRAYS_FILE
         safetensors.torch.save_file(
@@ -223,32 +212,13 @@ def save_checkpoint(
             sha256=_sha256(weights_file),
             arrays_sha256=_sha256(arrays_file),
         )
-        config_file = tmp / CONFIG_FILE
-        with open(config_file, "w", encoding="utf-8") as fh:
+        with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as fh:
             json.dump(full_config, fh, indent=2, sort_keys=True)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_file(weights_file)
         _fsync_file(arrays_file)
-        _fsync_dir(tmp)
-
-        moved_aside = False
-        if path.exists():
-            os.replace(path, old)
-            moved_aside = True
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if moved_aside:
-                os.replace(old, path)
-            raise
-        _fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
     LGR.info("wrote checkpoint %s (%d tensors, %d extra arrays)", path, len(tensors), len(arrays))
     return path
 
@@ -414,3 +384,210 @@ def state_shapes(
             f"{type(module_or_state_dict).__name__}"
         )
     return {name: tuple(int(d) for d in value.shape) for name, value in items.items()}
+
+
+# --------------------------------------------------------------------------- models
+def save_model(
+    model: MNMModel,
+    path,
+    *,
+    extra_config: dict | None = None,
+    extra_arrays: dict | None = None,
+):
+    """Save a model as a checkpoint folder (safetensors weights + JSON config).
+
+    Parameters
+    ----------
+    model : :class:`~nimare_mnm.model.MNMModel`
+        The model.
+    path : path-like
+        Checkpoint folder (written atomically, replacing an existing checkpoint).
+    extra_config : :obj:`dict`, optional
+        More JSON-serialisable configuration (training settings, corpus, split...).
+    extra_arrays : :obj:`dict`, optional
+        More NumPy arrays to store beside the weights.
+
+    Returns
+    -------
+    :class:`pathlib.Path`
+        The checkpoint folder.
+    """
+    arrays = dict(extra_arrays or {})
+    config = {"model": model.config.to_dict(), **(extra_config or {})}
+    if model.layout is not None:
+        arrays["layout.compartment"] = model.layout.compartment
+        for level, regions in model.layout.regions.items():
+            arrays[f"layout.regions.{level}"] = regions
+        config["layout_names"] = model.layout.names
+    return save_checkpoint(path, model.state_dict(), config, arrays)
+
+
+def load_model(path, map_location: str = "cpu") -> tuple[MNMModel, dict, dict]:
+    """Load a checkpoint written by :func:`save_model`.
+
+    Parameters
+    ----------
+    path : path-like
+        Checkpoint folder.
+    map_location : :obj:`str`, default="cpu"
+        Device of the loaded weights.
+
+    Returns
+    -------
+    model : :class:`~nimare_mnm.model.MNMModel`
+        In evaluation mode.
+    config : :obj:`dict`
+        The stored configuration.
+    arrays : :obj:`dict`
+        The extra arrays (without the layout's).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing, corrupt or incompatible checkpoint (the message names the problem).
+    """
+    state, config, arrays = load_checkpoint(path, map_location=map_location)
+    if "model" not in config:
+        raise ValueError(f"{path} is not an nimare-mnm model checkpoint (no model config).")
+    try:
+        mcfg = MNMConfig(**config["model"])
+    except TypeError as exc:
+        raise ValueError(f"The model configuration in {path} is incompatible: {exc}") from exc
+    layout = None
+    if "layout.compartment" in arrays:
+        names = config["layout_names"]  # JSON keeps the levels' order; the arrays do not
+        try:
+            regions = {level: arrays.pop(f"layout.regions.{level}") for level in names}
+        except KeyError as exc:
+            raise ValueError(f"The checkpoint in {path} lacks the layout of level {exc}.") from exc
+        layout = LevelLayout(arrays.pop("layout.compartment"), regions, names)
+    model = MNMModel(mcfg, layout)
+    expected = state_shapes(model)
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        bad = sorted(set(expected) ^ set(found)) + sorted(
+            k for k in set(expected) & set(found) if expected[k] != found[k]
+        )
+        raise ValueError(f"The weights in {path} do not match the model configuration: {bad[:5]}")
+    model.load_state_dict(state)
+    return model.eval(), config, arrays
+
+
+# --------------------------------------------------------------------------- estimators
+def encoder_contents(encoder) -> tuple[dict, dict]:
+    """Return the configuration and arrays of an encoder's checkpoint (weights apart).
+
+    Parameters
+    ----------
+    encoder : :class:`~nimare_mnm.encoder.MNMEncoder`
+        Fitted.
+
+    Returns
+    -------
+    config : :obj:`dict`
+        JSON-serialisable: parameters, similarity, level specification, region names,
+        vectoriser settings, training record, vocabulary.
+    arrays : :obj:`dict`
+        Brain-vector assignment, study ids and points, region labels per level.
+    """
+    vec = encoder.vectorizer_
+    params = encoder.get_params(deep=False)
+    params["data_dir"] = None  # a local path means nothing elsewhere
+    params["levels"] = None  # recorded below as JSON
+    if not isinstance(params["text_model"], str):
+        # A custom text encoder object cannot be stored: record what it was.
+        params["text_model"] = f"custom:{type(params['text_model']).__name__}"
+    vocabulary = getattr(encoder, "vocabulary_", None)
+    config = {
+        "estimator": "MNMEncoder",
+        "params": params,
+        "similarity": encoder.similarity_,
+        "levels": levels_to_dicts(encoder.levels_),
+        "region_names": encoder.region_names_,
+        "vectorizer": {
+            "parcellation": vec.parcellation,
+            "block_mm": vec.block_mm,
+            "smooth_fwhm": vec.smooth_fwhm,
+        },
+        "n_neighbours": getattr(encoder, "n_neighbours_", None),
+        "training": {k: v for k, v in encoder.training_.items() if k != "history"},
+        "query_confidence": encoder.training_.get("query_confidence"),
+        "vocabulary": sorted(vocabulary.terms) if vocabulary is not None else None,
+        "history": encoder.training_.get("history", []),
+    }
+    arrays = {
+        "vectorizer.assignment": vec.assignment_.astype(np.int16),
+        "studies.ids": np.asarray(
+            [int(i) if str(i).isdigit() else -1 for i in encoder.study_ids_]
+        ),
+        "studies.text_points": encoder.study_text_points_.astype(np.float16),
+        "studies.brain_points": encoder.study_brain_points_.astype(np.float16),
+    }
+    if (arrays["studies.ids"] < 0).any():
+        config["study_ids"] = [str(i) for i in encoder.study_ids_]
+    for level in encoder.levels_:
+        arrays[f"regions.{level.name}"] = encoder.region_labels_[level.name].astype(np.int16)
+    if hasattr(encoder, "study_vectors_"):
+        arrays["studies.vectors"] = encoder.study_vectors_
+    return config, arrays
+
+
+@dataclass
+class EncoderCheckpoint:
+    """What an encoder checkpoint holds, read and checked (see :func:`read_encoder_checkpoint`)."""
+
+    path: Path
+    model: MNMModel
+    config: dict
+    arrays: dict
+    params: dict
+    similarity: str
+    vectorizer: BrainVectorizer
+    levels: tuple[Level, ...]
+    region_labels: dict
+    region_names: dict
+    study_ids: list
+    text_points: np.ndarray
+    brain_points: np.ndarray
+    study_vectors: np.ndarray | None
+
+
+def read_encoder_checkpoint(path) -> EncoderCheckpoint:
+    """Read an encoder checkpoint written by :meth:`MNMEncoder.save_checkpoint`.
+
+    Checkpoints record their level specification; those written before it was recorded
+    load with the default :data:`~nimare_mnm.levels.LEVELS`.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing, corrupt or incompatible checkpoint (the message names the problem).
+    """
+    model, config, arrays = load_model(path)
+    if config.get("estimator") != "MNMEncoder":
+        raise ValueError(f"{path} is a model checkpoint but not an MNMEncoder's.")
+    try:
+        levels = levels_from_dicts(config.get("levels"))
+        labels = {lv.name: arrays[f"regions.{lv.name}"].astype(np.int64) for lv in levels}
+        params = dict(config["params"])
+        params["levels"] = levels
+        vec = BrainVectorizer(**config["vectorizer"])
+        vec.set_assignment(arrays["vectorizer.assignment"].astype(np.int64), labels)
+        return EncoderCheckpoint(
+            path=Path(path),
+            model=model,
+            config=config,
+            arrays=arrays,
+            params=params,
+            similarity=config["similarity"],
+            vectorizer=vec,
+            levels=levels,
+            region_labels=labels,
+            region_names=config["region_names"],
+            study_ids=config.get("study_ids") or [str(i) for i in arrays["studies.ids"]],
+            text_points=arrays["studies.text_points"],
+            brain_points=arrays["studies.brain_points"],
+            study_vectors=arrays.get("studies.vectors"),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"The checkpoint in {path} is incomplete or incompatible: {exc}") from exc

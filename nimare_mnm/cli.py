@@ -74,10 +74,11 @@ def _encode_queries(encoder, queries, out: Path, plot: bool = True) -> dict:
             files["png"] = str(out / f"{stem}_z.png")
         best = {
             level: table[table["level"] == level].nsmallest(3, "rank")["region"].tolist()
-            for level in ("yeo7", "yeo17", "subcortical")
+            for level in encoder.region_names_
         }
         info = res.tables["query"].iloc[0]
         summary[query] = {
+            "radius": round(float(info["radius"]), 3),
             "generality": round(float(info["generality"]), 3),
             "confidence": round(float(info["confidence"]), 3),
             "terms": info["terms"],
@@ -93,6 +94,7 @@ def _decode_table(decoder, img, k: int, sign: str = "positive") -> dict:
         {
             "term": term,
             "score": round(float(row.score), 4),
+            "radius": round(float(row.radius), 3),
             "generality": round(float(row.generality), 3),
             "region": f"{row.level}:{row.region}",
         }
@@ -266,7 +268,8 @@ def _print(result: dict) -> None:
     for query, res in result.get("queries", {}).items():
         terms = res["terms"] or "none"
         print(
-            f"{query!r}: generality {res['generality']}, confidence {res['confidence']} "
+            f"{query!r}: radius {res['radius']} (generality {res['generality']}), "
+            f"confidence {res['confidence']} "
             f"(recognised terms: {terms})"
         )
         for level, regions in res["strongest_regions"].items():
@@ -280,7 +283,7 @@ def _print(result: dict) -> None:
         )
         for row in decoded["terms"]:
             print(
-                f"  {row['score']:8.4f}  {row['term']:<30s} generality {row['generality']:.2f}"
+                f"  {row['score']:8.4f}  {row['term']:<30s} radius {row['radius']:.2f}"
                 f"  {row['region']}"
             )
     for row in result.get("studies", []):

@@ -26,9 +26,7 @@ import contextlib
 import io
 import logging
 import os
-import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -37,11 +35,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from nimare_mnm.utils import DATA_ENV, file_fingerprint, get_cache_dir, get_data_dir
+from nimare_mnm.utils import (
+    DATA_ENV,
+    atomic_directory,
+    file_fingerprint,
+    get_cache_dir,
+    get_data_dir,
+)
 
 LGR = logging.getLogger(__name__)
 
-__all__ = ["load_neuroquery", "load_neurosynth", "query_views", "study_texts", "MNI_BOX"]
+__all__ = ["MNI_BOX", "load_neuroquery", "load_neurosynth", "study_texts"]
 
 #: World-coordinate bounding box (mm) of NiMARE's MNI152 2 mm template grid.
 MNI_BOX = np.array([[-90.0, 90.0], [-126.0, 90.0], [-72.0, 108.0]])
@@ -353,14 +357,14 @@ STALE_BUILD_SECONDS = 3600
 def _remove_stale_builds(folder: Path, label: str) -> None:
     """Delete temporary build folders of ``label`` left behind by interrupted processes.
 
-    A build writes into ``<label>-<key>.tmp-*`` and renames it when complete; a process
+    A build writes into ``.<label>-<key>.tmp-*`` and renames it when complete; a process
     killed meanwhile (``kill -9``, a power cut) leaves the folder. One that has not changed
     for :data:`STALE_BUILD_SECONDS` is not another process's build in progress.
     """
     import time
 
     now = time.time()
-    for tmp in folder.glob(f"{label}-*.tmp-*"):
+    for tmp in folder.glob(f".{label}-*.tmp-*"):
         try:
             stale = tmp.is_dir() and now - tmp.stat().st_mtime > STALE_BUILD_SECONDS
         except OSError:  # removed by another process meanwhile
@@ -374,9 +378,7 @@ def _write_tables(tables: dict[str, pd.DataFrame], directory: Path, name: str, s
     """Write NiMARE parquet studyset tables atomically into ``directory``."""
     import json
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory, replace=False) as tmp:
         for table, frame in tables.items():
             frame.to_parquet(tmp / f"{table}.parquet", index=False)
         manifest = {
@@ -388,15 +390,6 @@ def _write_tables(tables: dict[str, pd.DataFrame], directory: Path, name: str, s
             "annotations": [],
         }
         (tmp / "studyset.json").write_text(json.dumps(manifest, indent=2))
-        try:
-            os.replace(tmp, directory)
-        except OSError:
-            if not (directory / "studyset.json").is_file():  # pragma: no cover
-                raise
-            # Another process wrote the same cache first: keep theirs.
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tables(
@@ -685,13 +678,15 @@ def _first_text_per_study(store, field: str) -> dict[int, str]:
     return out
 
 
-def study_texts(studyset) -> pd.Series:
+def study_texts(studyset, drop_missing: bool = False) -> pd.Series:
     """Return the text nimare-mnm embeds for each study, preferring real abstracts.
 
     Parameters
     ----------
     studyset : :class:`nimare.nimads.Studyset` or :class:`nimare.dataset.Dataset`
         The studies.
+    drop_missing : :obj:`bool`, default=False
+        Leave out (and log) studies without any text instead of raising.
 
     Returns
     -------
@@ -704,7 +699,8 @@ def study_texts(studyset) -> pd.Series:
     Raises
     ------
     ValueError
-        If some studies have no text at all (the first few are named).
+        If some studies have no text at all (the first few are named), unless
+        ``drop_missing``; or if no study has one.
     """
     studyset = as_studyset(studyset)
     store = studyset.store
@@ -734,70 +730,17 @@ def study_texts(studyset) -> pd.Series:
         if not text:
             missing.append(sid)
         out[sid] = text
-    if missing:
+    if missing and (not drop_missing or len(missing) == len(out)):
         raise ValueError(
             f"{len(missing)} studies have no title, abstract or text (e.g. {missing[:5]}); "
             "nimare-mnm needs a text for every study."
         )
+    if missing:
+        LGR.info("Leaving out %d studies without any text (e.g. %s).", len(missing), missing[:3])
+        out = {sid: text for sid, text in out.items() if text}
     series = pd.Series(out, name="text")
     series.index.name = "study_id"
     return series
-
-
-#: Number of short texts :func:`query_views` makes per study.
-N_QUERY_VIEWS = 3
-
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-def query_views(texts, seed: int = 0, max_terms: int = 15) -> list[list[str]]:
-    """Short, query-like texts describing each study, for training on user-style queries.
-
-    Users type a few words ("spatial navigation"); studies are described by a title and an
-    abstract or term lists hundreds of characters long. Training on short views of each
-    study as well teaches the text network where short queries belong. On the NeuroQuery
-    validation split (nimare-mnm preset, same seed) it raised text -> brain Recall@10 with
-    the study's title as the query from 8.4 % to 10.0 %, with its keywords from 8.0 % to
-    8.9 %, and with the full text from 13.1 % to 13.5 %.
-
-    Parameters
-    ----------
-    texts : sequence of :obj:`str`
-        Study texts as :func:`study_texts` returns them.
-    seed : :obj:`int`, default=0
-        Seed of the random term draws.
-    max_terms : :obj:`int`, default=15
-        The term view draws from this many of the study's first terms.
-
-    Returns
-    -------
-    :obj:`list` of :obj:`list` of :obj:`str`
-        :data:`N_QUERY_VIEWS` views per study, in order:
-
-        1. the title (the text's first sentence);
-        2. the keywords (``"Keywords: ..."`` in :func:`load_neuroquery`'s texts), else the
-           second sentence, else the title;
-        3. two to five terms drawn from the first ``max_terms`` abstract terms (ordered by
-           TF-IDF in :func:`load_neuroquery`'s texts), else a random sentence.
-    """
-    rng = np.random.default_rng(seed)
-    views = []
-    for text in texts:
-        text = " ".join(str(text).split())
-        head, _, terms = text.partition(" Abstract terms: ")
-        head, _, keywords = head.partition(" Keywords: ")
-        sentences = [s for s in _SENTENCE.split(head) if s.strip()] or [text]
-        title = sentences[0].rstrip(".")
-        keyword_view = keywords.rstrip(".").replace(";", ",") if keywords else ""
-        term_list = [t for t in terms.rstrip(".").split(", ") if t][:max_terms]
-        if term_list:
-            size = min(len(term_list), int(rng.integers(2, 6)))
-            term_view = ", ".join(rng.choice(term_list, size=size, replace=False))
-        else:
-            term_view = sentences[int(rng.integers(len(sentences)))].rstrip(".")
-        second = sentences[1].rstrip(".") if len(sentences) > 1 else title
-        views.append([title, keyword_view or second, term_view])
-    return views
 
 
 def study_titles(studyset) -> pd.Series | None:

@@ -13,9 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 from nimare.decode.base import Decoder
+from sklearn.exceptions import NotFittedError
 
 from nimare_mnm.datasets import NEUROQUERY_GROUP, annotation_term_counts, study_titles
-from nimare_mnm.encoder import MAP_LEVELS, PRETRAINED_DIR, MNMEncoder
+from nimare_mnm.encoder import PRETRAINED_DIR, MNMEncoder
+from nimare_mnm.features import prepare_brain
+from nimare_mnm.model import radius_to_generality
 
 LGR = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ SIGNS = ("positive", "negative", "absolute")
 @lru_cache(maxsize=1)
 def _mask_voxels() -> tuple[np.ndarray, np.ndarray, tuple]:
     """Homogeneous voxel indices (n_voxels, 4) of the MNI152 mask, its affine and shape."""
-    from nimare_mnm.brain import load_mask
+    from nimare_mnm.atlases import load_mask
 
     mask_img = load_mask()
     ijk = np.argwhere(np.asanyarray(mask_img.dataobj) > 0)
@@ -71,7 +74,7 @@ def load_brain_image(img, *, return_coverage: bool = False):
     Returns
     -------
     values : :class:`numpy.ndarray`
-        float32 values over the mask voxels (see :func:`nimare_mnm.brain.load_mask`), 0 where
+        float32 values over the mask voxels (see :func:`nimare_mnm.atlases.load_mask`), 0 where
         the image has no data.
     coverage : :obj:`float`
         Only with ``return_coverage``: the fraction of the mask's voxels with data.
@@ -181,14 +184,19 @@ class MNMDecoder(Decoder):
     """Decode a brain map into terms and studies in the shared hyperbolic space.
 
     The map is turned into a brain vector and embedded, together with its parts in every
-    Yeo-7 and Yeo-17 network and Harvard-Oxford subcortical structure, by the encoder's brain
-    network. Each term of the vocabulary is embedded by its text network; a term's score is
-    the model's similarity between the two (negative hyperbolic distance for nimare-mnm).
+    region of every level (by default each Yeo-7 and Yeo-17 network and Harvard-Oxford
+    subcortical structure), by the encoder's brain network. Each term of the vocabulary is
+    embedded by its text network; a term's score is the model's similarity between the two
+    (minus the exterior angle of the map seen from the term's entailment cone for
+    nimare-mnm).
 
     Parameters
     ----------
-    encoder : :class:`~nimare_mnm.encoder.MNMEncoder`, optional
-        A fitted encoder; default: :meth:`MNMEncoder.load_pretrained`.
+    encoder : :class:`~nimare_mnm.encoder.MNMEncoder` or path-like, default="pretrained"
+        The model: ``"pretrained"`` (or None) for :meth:`MNMEncoder.load_pretrained`, the
+        folder of a checkpoint, a fitted encoder (used as it is) or an unfitted one (fitted
+        on the studies given to :meth:`fit`; this is what :func:`sklearn.base.clone` of a
+        decoder holds).
     feature_group : :obj:`str`, optional
         Annotation group whose labels form the vocabulary (e.g.
         ``"neuroquery7547_abstract_count"``). Default: the NeuroQuery terms, read from the
@@ -203,10 +211,14 @@ class MNMDecoder(Decoder):
     ----------
     features_ : :obj:`list` of :obj:`str`
         The vocabulary (terms without the group prefix).
+    encoder_ : :class:`~nimare_mnm.encoder.MNMEncoder`
+        The fitted encoder in use.
     term_points_ : :class:`numpy.ndarray`
         Their points in the shared space.
+    term_radius_ : :class:`numpy.ndarray`
+        Distance of each term to the origin (lower: more general).
     term_generality_ : :class:`numpy.ndarray`
-        Hyperbolic distance of each term to the origin (lower: more general).
+        ``exp(-term_radius_)``: higher is more general.
     term_frequency_ : :class:`numpy.ndarray`
         Number of studies using each term (-1 when unknown).
     study_ids_, study_points_ : :class:`numpy.ndarray`
@@ -217,7 +229,7 @@ class MNMDecoder(Decoder):
 
     def __init__(
         self,
-        encoder: MNMEncoder | None = None,
+        encoder: MNMEncoder | str | os.PathLike | None = "pretrained",
         feature_group: str | None = None,
         features: list | None = None,
         frequency_threshold: float = 0.001,
@@ -230,13 +242,33 @@ class MNMDecoder(Decoder):
     # ------------------------------------------------------------------ fitting
     def _check_fitted(self) -> None:
         if not hasattr(self, "term_points_"):
-            raise RuntimeError(
+            raise NotFittedError(
                 "This MNMDecoder is not fitted: call fit(studyset) or "
                 "MNMDecoder.load_pretrained()."
             )
 
-    def _fit(self, dataset):  # pragma: no cover - fit() is overridden
-        raise NotImplementedError
+    def _resolve_encoder(self, studyset) -> MNMEncoder:
+        """Return the fitted encoder that ``encoder`` names (fitting an unfitted one)."""
+        spec = self.encoder
+        if spec is None or (isinstance(spec, str) and spec == "pretrained"):
+            return MNMEncoder.load_pretrained()
+        if isinstance(spec, (str, os.PathLike)):
+            return MNMEncoder.from_checkpoint(spec)
+        if not isinstance(spec, MNMEncoder):
+            raise TypeError(
+                "encoder must be 'pretrained', a checkpoint folder or an MNMEncoder, got "
+                f"{type(spec).__name__}."
+            )
+        if not hasattr(spec, "model_"):
+            if studyset is None:
+                raise NotFittedError(
+                    "The decoder's encoder is not fitted and fit() got no studies to fit it "
+                    "on: pass a studyset, a fitted encoder, or encoder='pretrained'."
+                )
+            n_studies = len(np.unique(studyset.study_ids))
+            LGR.info("Fitting the decoder's encoder on the %d studies given.", n_studies)
+            return spec.fit(studyset)
+        return spec
 
     def fit(self, dataset=None, drop_invalid: bool = True) -> MNMDecoder:
         """Embed the vocabulary and the studies.
@@ -245,44 +277,48 @@ class MNMDecoder(Decoder):
         ----------
         dataset : :class:`nimare.nimads.Studyset`, :class:`nimare.dataset.Dataset` or path
             Studies whose annotations give the vocabulary and term frequencies, and which
-            :meth:`decode_studies` ranks. Without it, the pretrained model's NeuroQuery
-            vocabulary and training studies are used.
+            :meth:`decode_studies` ranks (an unfitted ``encoder`` is trained on them).
+            Without it, the pretrained model's NeuroQuery vocabulary and training studies
+            are used.
         drop_invalid : :obj:`bool`, default=True
-            Unused; kept for NiMARE's ``Decoder.fit`` signature.
+            Leave out of :meth:`decode_studies` the studies without any text; when False
+            they are an error.
 
         Returns
         -------
         self
         """
-        from nimare_mnm.datasets import as_studyset, study_texts
+        from nimare_mnm.datasets import as_studyset
+
+        studyset = None if dataset is None else as_studyset(dataset)
+        self._fit(studyset, drop_invalid=drop_invalid)
+        return self
+
+    def _fit(self, studyset, drop_invalid: bool = True) -> None:
+        from nimare_mnm.datasets import study_texts
 
         t0 = time.perf_counter()
-        encoder = self.encoder if self.encoder is not None else MNMEncoder.load_pretrained()
-        encoder._check_fitted()
+        encoder = self._resolve_encoder(studyset)
         self.encoder_ = encoder
+        dataset = studyset
         if dataset is None:
             terms, frequency, term_points = self._pretrained_vocabulary()
             self.study_ids_ = encoder.study_ids_
             self.study_points_ = encoder.study_text_points_
             self.study_titles_ = None
         else:
-            studyset = as_studyset(dataset)
             terms, frequency, term_points = self._vocabulary(studyset)
-            texts = study_texts(studyset)
+            texts = study_texts(studyset, drop_missing=drop_invalid)
             known = pd.Index(encoder.study_ids_)
             if known.isin(texts.index).all() and len(known) == len(texts):
                 self.study_ids_ = encoder.study_ids_
                 self.study_points_ = encoder.study_text_points_
             else:
                 self.study_ids_ = np.asarray(texts.index.astype(str), dtype=object)
-                embeddings = encoder._get_text_encoder().encode(list(texts))
-                with torch.no_grad():
-                    points = encoder.model_.encode_text(torch.as_tensor(embeddings))
-                self.study_points_ = points.numpy()
+                self.study_points_ = encoder.embed_text(list(texts), cache=True)
             self.study_titles_ = study_titles(studyset)
         self._set_terms(terms, frequency, term_points)
         self.fit_seconds_ = time.perf_counter() - t0
-        return self
 
     def _pretrained_vocabulary(self) -> tuple[list[str], np.ndarray, np.ndarray | None]:
         """Return the pretrained NeuroQuery terms, their counts and, for that model, points.
@@ -346,14 +382,11 @@ class MNMDecoder(Decoder):
             many = len(terms) > 100
             if many:
                 LGR.info("Embedding %d vocabulary terms (cached on disk).", len(terms))
-            embeddings = encoder._get_text_encoder().encode(list(terms), cache=many)
-            with torch.no_grad():
-                points = encoder.model_.encode_text(torch.as_tensor(embeddings)).numpy()
+            points = encoder.embed_text(list(terms), cache=many)
         self.features_ = list(terms)
         self.term_points_ = np.asarray(points, dtype=np.float32)
-        with torch.no_grad():
-            generality = encoder.model_.generality(torch.as_tensor(self.term_points_))
-        self.term_generality_ = generality.numpy()
+        self.term_radius_ = encoder.point_radius(self.term_points_)
+        self.term_generality_ = radius_to_generality(self.term_radius_)
         self.term_frequency_ = np.asarray(frequency, dtype=np.int64)
 
     # ------------------------------------------------------------------ decoding
@@ -363,8 +396,6 @@ class MNMDecoder(Decoder):
         Returns the (1 + n_regions, embed_dim) points, the (level, region) name of each and
         the fraction of the brain mask where the image has data.
         """
-        from nimare_mnm.training import prepare_brain
-
         if sign not in SIGNS:
             raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}.")
         encoder = self.encoder_
@@ -381,12 +412,12 @@ class MNMDecoder(Decoder):
         vector = encoder.vectorizer_.transform(positive)[0]
         parts, names = [vector], [("whole", "whole_brain")]
         parcel = encoder.vectorizer_.parcel_level_
-        for level in MAP_LEVELS:
-            for r, name in enumerate(encoder.region_names_[level]):
-                part = np.where(parcel[level] == r, vector, 0.0)
+        for level in encoder.levels_:
+            for r, name in enumerate(encoder.region_names_[level.name]):
+                part = np.where(parcel[level.name] == r, vector, 0.0)
                 if part.any():
                     parts.append(part)
-                    names.append((level, name))
+                    names.append((level.name, name))
         prepared = prepare_brain(np.stack(parts))["brain"]
         with torch.no_grad():
             points = encoder.model_.encode_brain(torch.as_tensor(prepared)).numpy()
@@ -408,10 +439,12 @@ class MNMDecoder(Decoder):
         -------
         :class:`pandas.DataFrame`
             Indexed ``feature``, best first, with columns ``score`` (similarity between the
-            term and the whole map), ``generality`` (the term's distance to the origin; lower
-            is more general), ``frequency`` (studies using it; -1 when unknown), ``level`` and
-            ``region`` (the part of the map the term is most similar to: the whole brain, a
-            Yeo-7 or Yeo-17 network or a subcortical structure). ``attrs["coverage"]`` is
+            term and the whole map), ``radius`` (the term's distance to the origin; lower is
+            more general), ``generality`` (``exp(-radius)``; higher is more general),
+            ``frequency`` (studies using it; -1 when unknown), ``level`` and
+            ``region`` (the part of the map the term is most similar to: the whole brain or a
+            region of a level, by default a Yeo-7 or Yeo-17 network or a subcortical
+            structure). ``attrs["coverage"]`` is
             the fraction of the brain mask where the image has data and ``attrs["sign"]``
             the part decoded.
         """
@@ -422,6 +455,7 @@ class MNMDecoder(Decoder):
         out = pd.DataFrame(
             {
                 "score": sim[:, 0],
+                "radius": self.term_radius_,
                 "generality": self.term_generality_,
                 "frequency": self.term_frequency_,
                 "level": [names[b][0] for b in best],
@@ -490,9 +524,13 @@ class MNMDecoder(Decoder):
     @classmethod
     def from_checkpoint(cls, path, device: str = "auto") -> MNMDecoder:
         """Load a decoder written by :meth:`save_checkpoint` (no corpus needed)."""
-        encoder, config, arrays = MNMEncoder._from_checkpoint(path, device)
+        from nimare_mnm.checkpoint import read_encoder_checkpoint
+
+        contents = read_encoder_checkpoint(path)
+        config, arrays = contents.config, contents.arrays
         if "decoder" not in config or "terms.points" not in arrays:
             raise ValueError(f"The checkpoint in {path} holds an encoder but no decoder terms.")
+        encoder = MNMEncoder.from_checkpoint(contents, device=device)
         dec = cls(
             encoder=encoder,
             feature_group=config["decoder"].get("feature_group"),

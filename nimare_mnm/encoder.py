@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -12,18 +11,21 @@ import numpy as np
 import pandas as pd
 import torch
 from nimare.base import NiMAREBase
+from sklearn.exceptions import NotFittedError
 
 from nimare_mnm.confidence import MAX_QUERY_CHARS
+from nimare_mnm.features import prepare_brain, to_density
+from nimare_mnm.levels import check_levels
+from nimare_mnm.model import radius_to_generality
+from nimare_mnm.text import validate_texts
+from nimare_mnm.utils import ids_digest
 
 LGR = logging.getLogger(__name__)
 
-__all__ = ["MNMEncoder", "PRETRAINED_DIR", "fit_meta_analysis", "to_density", "validate_texts"]
+__all__ = ["MNMEncoder", "PRETRAINED_DIR", "fit_meta_analysis"]
 
 #: Folder of the pretrained model shipped inside the package.
 PRETRAINED_DIR = Path(__file__).parent / "data" / "pretrained"
-
-#: Levels of the predicted maps, besides the whole brain, and their atlas.
-MAP_LEVELS = ("yeo7", "yeo17", "subcortical")
 
 #: Candidate numbers of nearest training studies whose mean map stands in for the decoder
 #: head of a model trained without one; :meth:`MNMEncoder.fit` picks one on validation.
@@ -34,48 +36,6 @@ N_NEIGHBOURS = 10
 
 #: Queries turned into maps at once by :meth:`MNMEncoder.transform` (bounds its memory).
 TRANSFORM_CHUNK = 64
-
-
-def validate_texts(text, max_chars: int | None = None) -> tuple[list[str], bool]:
-    """Check query texts: one string or a list of strings, none empty or too long.
-
-    Parameters
-    ----------
-    text : :obj:`str` or :obj:`list` of :obj:`str`
-        One text or several.
-    max_chars : :obj:`int`, optional
-        Longest text accepted (:data:`nimare_mnm.confidence.MAX_QUERY_CHARS` for queries).
-
-    Returns
-    -------
-    texts : :obj:`list` of :obj:`str`
-    single : :obj:`bool`
-        True when one string was given.
-    """
-    single = isinstance(text, str)
-    texts = [text] if single else text
-    if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
-        raise TypeError(f"Expected a string or a list of strings, got {type(text).__name__}.")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("No text given: expected a string or a non-empty list of strings.")
-    for i, item in enumerate(texts):
-        if not isinstance(item, str):
-            raise TypeError(f"Text {i} is a {type(item).__name__}, not a string.")
-        if not item.strip():
-            raise ValueError(f"Text {i} is empty or only whitespace.")
-        if max_chars is not None and len(item) > max_chars:
-            raise ValueError(
-                f"Text {i} has {len(item):,} characters, more than the {max_chars:,} a query "
-                "may have (about ten abstracts): pass a summary, or split it and combine the "
-                "maps."
-            )
-    return texts, single
-
-
-def _ids_digest(ids) -> str:
-    joined = "\n".join(str(i) for i in ids).encode()
-    return hashlib.sha256(joined).hexdigest()
 
 
 class MNMEncoder(NiMAREBase):
@@ -90,9 +50,11 @@ class MNMEncoder(NiMAREBase):
     Parameters
     ----------
     preset : {"nimare-mnm", "mnm", "meru", "clip"}, default="nimare-mnm"
-        Objective and geometry (see :data:`nimare_mnm.losses.PRESETS`).
-    text_model : :obj:`str`, default="all-MiniLM-L6-v2"
-        Sentence encoder: the offline default, a local folder or a Hugging Face name.
+        Objective and geometry (see :data:`nimare_mnm.presets.PRESETS`).
+    text_model : :obj:`str` or object with an ``encode`` method, default="all-MiniLM-L6-v2"
+        Sentence encoder: the offline default, a local folder or a Hugging Face name (run
+        by :class:`~nimare_mnm.text.TextEncoder`), or any object whose ``encode`` turns a
+        list of strings into an (n, dim) array of embeddings.
     embed_dim : :obj:`int`, default=128
         Dimension of the hyperbolic space.
     hidden_dim : :obj:`int`, default=256
@@ -116,15 +78,20 @@ class MNMEncoder(NiMAREBase):
         "auto" (CUDA when available), "cpu" or "cuda".
     seed : :obj:`int`, default=0
         Seed of the initialisation, the validation split and the batch order.
+    levels : :obj:`tuple` of :class:`~nimare_mnm.levels.Level`, optional
+        The brain levels besides the whole brain (default :data:`nimare_mnm.levels.LEVELS`:
+        Yeo-7, Yeo-17, subcortical).
 
     Attributes
     ----------
     model_ : :class:`~nimare_mnm.model.MNMModel`
         The trained backbone (evaluation mode, on the CPU).
-    vectorizer_ : :class:`~nimare_mnm.brain.BrainVectorizer`
+    vectorizer_ : :class:`~nimare_mnm.vectorizer.BrainVectorizer`
         Brain vector <-> voxels.
+    levels_ : :obj:`tuple` of :class:`~nimare_mnm.levels.Level`
+        The level specification the model was trained with (a checkpoint records it).
     region_labels_ : :obj:`dict`
-        For each level of :data:`MAP_LEVELS`, the region of each mask voxel (-1: none).
+        For each level of :attr:`levels_`, the region of each mask voxel (-1: none).
     region_names_ : :obj:`dict`
         For each level, the region names.
     study_ids_ : :class:`numpy.ndarray`
@@ -177,6 +144,7 @@ class MNMEncoder(NiMAREBase):
         data_dir: str | None = None,
         device: str = "auto",
         seed: int = 0,
+        levels: tuple | None = None,
     ) -> None:
         self.preset = preset
         self.text_model = text_model
@@ -191,6 +159,7 @@ class MNMEncoder(NiMAREBase):
         self.data_dir = data_dir
         self.device = device
         self.seed = seed
+        self.levels = levels
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
@@ -198,7 +167,7 @@ class MNMEncoder(NiMAREBase):
         # The sentence encoder reloads itself; the masker is rebuilt on demand.
         state.pop("_text_encoder", None)
         state.pop("_masker", None)
-        state.pop("_region_index", None)  # rebuilt from region_labels_ (layout may change)
+        state.pop("_regions", None)  # rebuilt from region_labels_
         state.pop("_loaded_corpus", None)  # a corpus read for retrieval is read again
         return state
 
@@ -206,11 +175,12 @@ class MNMEncoder(NiMAREBase):
         self.__dict__.update(state)
         if "region_labels_" in state:
             self._index_regions()
+        state.setdefault("levels", None)
 
     # ------------------------------------------------------------------ fitting
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise RuntimeError(
+            raise NotFittedError(
                 f"This {type(self).__name__} is not fitted: call fit(studyset) or use "
                 f"{type(self).__name__}.load_pretrained()."
             )
@@ -231,19 +201,22 @@ class MNMEncoder(NiMAREBase):
         -------
         self
         """
-        from nimare_mnm.brain import BrainLevels, BrainVectorizer, PeakDensity
-        from nimare_mnm.datasets import as_studyset, query_views
+        from nimare_mnm.atlases import BrainLevels
+        from nimare_mnm.datasets import as_studyset
+        from nimare_mnm.densities import PeakDensity
         from nimare_mnm.features import corpus_arrays
-        from nimare_mnm.losses import preset as get_preset
-        from nimare_mnm.model import LevelLayout, MNMConfig
-        from nimare_mnm.training import TrainConfig, train
+        from nimare_mnm.levels import LevelLayout
+        from nimare_mnm.presets import preset as get_preset
+        from nimare_mnm.training import TrainConfig, query_views, train
+        from nimare_mnm.vectorizer import BrainVectorizer
 
         t0 = time.perf_counter()
         spec = get_preset(self.preset)
+        level_spec = check_levels(self.levels)
         studyset = as_studyset(studyset)
         n_given = len(np.unique(studyset.study_ids))
         try:
-            levels = BrainLevels(self.data_dir).fit()
+            levels = BrainLevels(self.data_dir, level_spec).fit()
         except FileNotFoundError as exc:
             raise FileNotFoundError(
                 "Training needs the atlases that define the brain levels (Yeo-7, Yeo-17 and "
@@ -254,7 +227,7 @@ class MNMEncoder(NiMAREBase):
         vectorizer = BrainVectorizer(block_mm=self.block_mm, data_dir=self.data_dir).fit(levels)
         arrays = corpus_arrays(
             studyset,
-            encoder=self._get_text_encoder(),
+            encoder=self.get_text_encoder(),
             vectorizer=vectorizer,
             density=PeakDensity(fwhm=self.fwhm),
         )
@@ -266,15 +239,13 @@ class MNMEncoder(NiMAREBase):
             raise ValueError(
                 f"Only {len(arrays.ids)} studies with peaks inside the brain: too few to train."
             )
-        layout = LevelLayout.from_vectorizer(vectorizer, levels)
-        model_config = MNMConfig(
+        layout = LevelLayout.from_vectorizer(vectorizer, level_spec)
+        model_config = spec.model_config(
             text_dim=arrays.text.shape[1],
             brain_dim=arrays.brain.shape[1],
             embed_dim=self.embed_dim,
             hidden_dim=self.hidden_dim,
-            geometry=spec["geometry"],
-            decoder=spec["decoder"],
-            **spec.get("model", {}),
+            n_level_tokens=len(level_spec) + 1,
         )
         train_config = TrainConfig(
             epochs=self.epochs,
@@ -283,11 +254,11 @@ class MNMEncoder(NiMAREBase):
             val_fraction=self.val_fraction,
             seed=self.seed,
             device=self.device,
-            **spec.get("train", {}),
+            **spec.train,
         )
         views = None
-        if spec.get("query_views", False):
-            views = self._get_text_encoder().encode(
+        if spec.query_views:
+            views = self.get_text_encoder().encode(
                 [v for row in query_views(arrays.texts, seed=self.seed) for v in row]
             )
             views = views.reshape(len(arrays.ids), -1, views.shape[1])
@@ -295,17 +266,18 @@ class MNMEncoder(NiMAREBase):
             arrays.text,
             arrays.brain,
             model_config=model_config,
-            loss_config=spec["loss"],
+            loss_config=spec.loss,
             train_config=train_config,
             layout=layout,
             text_views=views,
         )
         self._set_fitted(
             model=result.model.cpu(),
-            similarity=spec["loss"].contrastive,
+            similarity=spec.similarity,
             vectorizer=vectorizer,
-            region_labels={lv: levels.labels_[lv] for lv in MAP_LEVELS},
-            region_names={lv: list(levels.names_[lv]) for lv in MAP_LEVELS},
+            levels=level_spec,
+            region_labels={lv.name: levels.labels_[lv.name] for lv in level_spec},
+            region_names={lv.name: list(levels.names_[lv.name]) for lv in level_spec},
             study_ids=arrays.ids,
             text=arrays.text,
             brain=arrays.brain,
@@ -324,17 +296,17 @@ class MNMEncoder(NiMAREBase):
         self.studyset_ = studyset
         self.training_ = {
             "n_studies": len(arrays.ids),
-            "study_ids_sha256": _ids_digest(arrays.ids),
+            "study_ids_sha256": ids_digest(arrays.ids),
             "best_epoch": result.best_epoch,
             "best_val_recall_at_10": result.best_val_recall_at_10,
-            "validation_ids_sha256": _ids_digest(self.validation_ids_),
+            "validation_ids_sha256": ids_digest(self.validation_ids_),
             "n_neighbours": getattr(self, "n_neighbours_", None),
             "train_seconds": result.fit_seconds,
             "fit_seconds": time.perf_counter() - t0,
             "device": result.device,
             "history": result.history,
             "preset": self.preset,
-            "loss": spec["loss"].__dict__.copy(),
+            "loss": spec.loss.to_dict(),
             "train_config": train_config.to_dict(),
         }
         try:
@@ -390,6 +362,7 @@ class MNMEncoder(NiMAREBase):
         model,
         similarity: str,
         vectorizer,
+        levels: tuple,
         region_labels: dict,
         region_names: dict,
         study_ids,
@@ -400,7 +373,7 @@ class MNMEncoder(NiMAREBase):
         study_vectors: np.ndarray | None = None,
     ) -> None:
         """Store the fitted state; points are computed from text/brain when not given."""
-        from nimare_mnm.training import embed_all, prepare_brain
+        from nimare_mnm.model import embed_all
 
         model.eval()
         # A new model: the digest of loaded weights and a corpus read for retrieval go.
@@ -409,6 +382,7 @@ class MNMEncoder(NiMAREBase):
         self.model_ = model
         self.similarity_ = similarity
         self.vectorizer_ = vectorizer
+        self.levels_ = tuple(levels)
         self.region_labels_ = region_labels
         self.region_names_ = region_names
         self.study_ids_ = np.asarray([str(i) for i in study_ids], dtype=object)
@@ -428,23 +402,45 @@ class MNMEncoder(NiMAREBase):
         self._index_regions()
 
     def _index_regions(self) -> None:
-        """Per level: mask voxels sorted by region and where each region starts and ends."""
-        self._region_index = {}
-        for level, labels in self.region_labels_.items():
-            labels = np.asarray(labels, dtype=np.int64)
-            inside = np.flatnonzero(labels >= 0)
-            order = inside[np.argsort(labels[inside], kind="stable")]
-            counts = np.bincount(labels[inside], minlength=len(self.region_names_[level]))
-            bounds = np.concatenate([[0], np.cumsum(counts)])
-            self._region_index[level] = (order, counts, bounds)
+        from nimare_mnm.results import RegionStatistics
+
+        self._regions = RegionStatistics(self.region_labels_, self.region_names_)
 
     # ------------------------------------------------------------------ helpers
-    def _get_text_encoder(self):
+    def get_text_encoder(self):
+        """Return the sentence encoder that embeds texts for this model.
+
+        ``text_model`` itself when it has an ``encode`` method, else a
+        :class:`~nimare_mnm.text.TextEncoder` of that name, created on first use.
+        """
+        if not isinstance(self.text_model, (str, bytes, os.PathLike)) and hasattr(
+            self.text_model, "encode"
+        ):
+            return self.text_model
         from nimare_mnm.text import TextEncoder
 
         if getattr(self, "_text_encoder", None) is None:
             self._text_encoder = TextEncoder(self.text_model, device=self.device)
         return self._text_encoder
+
+    def _encode_texts(self, texts: list[str], cache: bool = False) -> np.ndarray:
+        """Sentence embeddings of validated texts (the disk cache only for a TextEncoder)."""
+        from nimare_mnm.text import TextEncoder
+
+        encoder = self.get_text_encoder()
+        if isinstance(encoder, TextEncoder):
+            embeddings = encoder.encode(texts, cache=cache)
+        else:
+            embeddings = encoder.encode(texts)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.shape != (len(texts), self.model_.config.text_dim):
+            raise ValueError(
+                f"The text encoder returned embeddings of shape {embeddings.shape}; the model "
+                f"needs ({len(texts)}, {self.model_.config.text_dim})."
+            )
+        if not np.isfinite(embeddings).all():
+            raise ValueError("The text encoder returned NaN or infinite embeddings.")
+        return embeddings
 
     @property
     def masker_(self):
@@ -452,7 +448,7 @@ class MNMEncoder(NiMAREBase):
         if getattr(self, "_masker", None) is None:
             from nimare.utils import get_masker
 
-            from nimare_mnm.brain import load_mask
+            from nimare_mnm.atlases import load_mask
 
             self._masker = get_masker(load_mask())
         return self._masker
@@ -476,16 +472,10 @@ class MNMEncoder(NiMAREBase):
         :class:`numpy.ndarray`
             (n, m) similarities.
         """
-        from nimare_mnm.losses import similarity
-
         self._check_fitted()
-
         with torch.no_grad():
-            return similarity(
-                self.similarity_,
-                torch.as_tensor(queries),
-                torch.as_tensor(keys),
-                self.model_.curvature,
+            return self.model_.similarity(
+                self.similarity_, torch.as_tensor(queries), torch.as_tensor(keys)
             ).numpy()
 
     def embed_text(self, text, cache: bool = False) -> np.ndarray:
@@ -505,7 +495,7 @@ class MNMEncoder(NiMAREBase):
         """
         self._check_fitted()
         texts, _ = validate_texts(text, MAX_QUERY_CHARS)
-        embeddings = self._get_text_encoder().encode(texts, cache=cache)
+        embeddings = self._encode_texts(texts, cache=cache)
         with torch.no_grad():
             return self.model_.encode_text(torch.as_tensor(embeddings)).numpy()
 
@@ -525,14 +515,14 @@ class MNMEncoder(NiMAREBase):
         text_points, brain_points : :class:`numpy.ndarray`
             (n_studies, embed_dim) points, comparable with :meth:`similarity`.
         """
-        from nimare_mnm.brain import PeakDensity
+        from nimare_mnm.densities import PeakDensity
         from nimare_mnm.features import corpus_arrays
-        from nimare_mnm.training import embed_all, prepare_brain
+        from nimare_mnm.model import embed_all
 
         self._check_fitted()
         arrays = corpus_arrays(
             studyset,
-            encoder=self._get_text_encoder(),
+            encoder=self.get_text_encoder(),
             vectorizer=self.vectorizer_,
             density=PeakDensity(fwhm=self.fwhm),
         )
@@ -608,11 +598,34 @@ class MNMEncoder(NiMAREBase):
             stacklevel=stacklevel,
         )
 
-    def generality(self, text) -> np.ndarray:
-        """Hyperbolic distance of each text's point to the origin (lower: more general)."""
-        points = self.embed_text(text)
+    def radius(self, text) -> np.ndarray:
+        """Distance of each text's point to the origin (hyperbolic; lower: more general).
+
+        Parameters
+        ----------
+        text : :obj:`str` or :obj:`list` of :obj:`str`
+            Queries.
+
+        Returns
+        -------
+        :class:`numpy.ndarray`
+            (n_texts,) distances.
+        """
+        return self.point_radius(self.embed_text(text))
+
+    def point_radius(self, points: np.ndarray) -> np.ndarray:
+        """Distance of points of the shared space to its origin."""
+        self._check_fitted()
         with torch.no_grad():
-            return self.model_.generality(torch.as_tensor(points)).numpy()
+            return self.model_.radius(torch.as_tensor(points)).numpy()
+
+    def generality(self, text) -> np.ndarray:
+        """Generality of each text: ``exp(-radius)``, in (0, 1]; higher is more general.
+
+        1 at the origin of the space, where the most general concepts belong, and falling
+        towards 0 as points move outward (see :meth:`radius`).
+        """
+        return radius_to_generality(self.radius(text))
 
     def _predict_vectors(self, points: np.ndarray) -> np.ndarray:
         """Predicted brain vectors (density scale) from text points."""
@@ -664,7 +677,8 @@ class MNMEncoder(NiMAREBase):
             One per text (a single result for a single string). Maps:
 
             - ``"z"``: the predicted whole-brain map, z-scored over the brain mask;
-            - ``"z_level-yeo7"``, ``"z_level-yeo17"``, ``"z_level-subcortical"``: the same
+            - ``"z_level-<level>"`` for each level of :attr:`levels_` (by default
+              ``"z_level-yeo7"``, ``"z_level-yeo17"``, ``"z_level-subcortical"``): the same
               prediction z-scored within each region of that level (each Yeo network, each
               Harvard-Oxford structure), zero outside the level's regions, so that the pattern
               inside every network is visible on its own scale. They are computed from
@@ -672,11 +686,12 @@ class MNMEncoder(NiMAREBase):
               :class:`~nimare_mnm.results.LevelMaps`), which keeps large batches fast and
               small.
 
-            Tables: ``"query"`` (the text; its generality, the hyperbolic distance of its
-            point to the origin; its confidence and the vocabulary terms recognised in it, see
-            :meth:`confidence`) and ``"levels"`` (one row per region of every level: mean,
-            standard deviation and peak z of the whole-brain prediction inside the region,
-            its number of voxels, and the region's rank by mean z within its level).
+            Tables: ``"query"`` (the text; the distance of its point to the origin,
+            ``radius``, and its ``generality``, see :meth:`generality`; its confidence and the
+            vocabulary terms recognised in it, see :meth:`confidence`) and ``"levels"`` (one
+            row per region of every level: mean, standard deviation and peak z of the
+            whole-brain prediction inside the region, its number of voxels, and the region's
+            rank by mean z within its level).
         """
         from nimare.results import MetaResult
 
@@ -684,8 +699,7 @@ class MNMEncoder(NiMAREBase):
 
         texts, single = validate_texts(text, MAX_QUERY_CHARS)
         points = self.embed_text(texts)
-        with torch.no_grad():
-            generality = self.model_.generality(torch.as_tensor(points)).numpy()
+        radius = self.point_radius(points)
         confidence = self.confidence(texts, warn=False)
         self._warn_low_confidence(confidence, stacklevel=3)
         stub = self._stub()
@@ -697,7 +711,7 @@ class MNMEncoder(NiMAREBase):
         # Chunks bound the temporary memory; every step inside is vectorised over the chunk.
         for start in range(0, len(texts), TRANSFORM_CHUNK):
             maps = self._maps_from_points(points[start : start + TRANSFORM_CHUNK])
-            stats, tables = self._levels(maps)
+            stats, tables = self._regions(maps)
             for i, table in enumerate(tables):
                 query = texts[start + i]
                 result = MetaResult(
@@ -708,7 +722,8 @@ class MNMEncoder(NiMAREBase):
                         "query": pd.DataFrame(
                             {
                                 "text": [query],
-                                "generality": [float(generality[start + i])],
+                                "radius": [float(radius[start + i])],
+                                "generality": [float(radius_to_generality(radius[start + i]))],
                                 "confidence": [confidence["confidence"].iloc[start + i]],
                                 "terms": [confidence["terms"].iloc[start + i]],
                             }
@@ -727,63 +742,6 @@ class MNMEncoder(NiMAREBase):
                 )
                 results.append(result)
         return results[0] if single else results
-
-    def _levels(self, z_maps: np.ndarray) -> tuple[dict, list[pd.DataFrame]]:
-        """Per-region statistics and tables for a batch of whole-brain z maps.
-
-        Parameters
-        ----------
-        z_maps : :class:`numpy.ndarray`
-            (n_maps, n_voxels) float32 z maps over the mask. The work is done on
-            ``z_maps.T``, fastest when that is C-contiguous (as :meth:`_maps_from_points`
-            returns it).
-
-        Returns
-        -------
-        stats : :obj:`dict`
-            Level -> ``(mean, sd)``, each (n_regions, n_maps) float64 (NaN: empty region).
-        tables : :obj:`list` of :class:`pandas.DataFrame`
-            One table per map: level, region, mean_z, sd_z, peak_z, n_voxels, rank.
-        """
-        from scipy.stats import rankdata
-
-        voxels_first = z_maps.T  # (n_voxels, n_maps): a region is a block of rows
-        n_maps = len(z_maps)
-        stats, columns = {}, []
-        for level in MAP_LEVELS:
-            order, counts, bounds = self._region_index[level]
-            values = voxels_first[order]
-            mean, sd, peak = (np.full((len(counts), n_maps), np.nan) for _ in range(3))
-            for r in np.flatnonzero(counts):
-                block = values[bounds[r] : bounds[r + 1]]
-                mean[r] = block.mean(axis=0, dtype=np.float64)
-                peak[r] = block.max(axis=0)
-                block -= mean[r].astype(np.float32)
-                sd[r] = np.sqrt(np.einsum("ij,ij->j", block, block) / counts[r])
-            stats[level] = (mean, sd)
-            rank = rankdata(-np.nan_to_num(mean, nan=-np.inf), method="min", axis=0)
-            columns.append((mean, sd, peak, rank))
-        mean, sd, peak, rank = (np.concatenate(column) for column in zip(*columns))
-        levels = np.concatenate(
-            [np.full(len(self.region_names_[lv]), lv, dtype=object) for lv in MAP_LEVELS]
-        )
-        regions = np.concatenate([np.asarray(self.region_names_[lv]) for lv in MAP_LEVELS])
-        voxels = np.concatenate([self._region_index[lv][1] for lv in MAP_LEVELS])
-        tables = [
-            pd.DataFrame(
-                {
-                    "level": levels,
-                    "region": regions,
-                    "mean_z": mean[:, i],
-                    "sd_z": sd[:, i],
-                    "peak_z": peak[:, i],
-                    "n_voxels": voxels,
-                    "rank": rank[:, i].astype(int),
-                }
-            )
-            for i in range(n_maps)
-        ]
-        return stats, tables
 
     def _stub(self) -> MNMEncoder:
         """Return an unfitted copy with the same parameters (what MetaResult deep-copies)."""
@@ -929,47 +887,6 @@ class MNMEncoder(NiMAREBase):
         return fit_meta_analysis(estimator, studies)
 
     # ------------------------------------------------------------------ checkpoints
-    def _checkpoint_parts(self) -> tuple[dict, dict]:
-        """Return the configuration and arrays of a checkpoint (save_model adds weights)."""
-        self._check_fitted()
-        vec = self.vectorizer_
-        config = {
-            "estimator": "MNMEncoder",
-            "params": self.get_params(deep=False),
-            "similarity": self.similarity_,
-            "region_names": self.region_names_,
-            "vectorizer": {
-                "parcellation": vec.parcellation,
-                "block_mm": vec.block_mm,
-                "smooth_fwhm": vec.smooth_fwhm,
-            },
-            "n_neighbours": getattr(self, "n_neighbours_", None),
-            "training": {k: v for k, v in self.training_.items() if k != "history"},
-            "query_confidence": self.training_.get("query_confidence"),
-            "vocabulary": (
-                sorted(self.vocabulary_.terms)
-                if getattr(self, "vocabulary_", None) is not None
-                else None
-            ),
-            "history": self.training_.get("history", []),
-        }
-        config["params"]["data_dir"] = None  # a local path means nothing elsewhere
-        arrays = {
-            "vectorizer.assignment": vec.assignment_.astype(np.int16),
-            "studies.ids": np.asarray(
-                [int(i) if str(i).isdigit() else -1 for i in self.study_ids_]
-            ),
-            "studies.text_points": self.study_text_points_.astype(np.float16),
-            "studies.brain_points": self.study_brain_points_.astype(np.float16),
-        }
-        if (arrays["studies.ids"] < 0).any():
-            config["study_ids"] = [str(i) for i in self.study_ids_]
-        for level in MAP_LEVELS:
-            arrays[f"regions.{level}"] = self.region_labels_[level].astype(np.int16)
-        if hasattr(self, "study_vectors_"):
-            arrays["studies.vectors"] = self.study_vectors_
-        return config, arrays
-
     def save_checkpoint(self, path, extra_config: dict | None = None, extra_arrays=None) -> Path:
         """Write the fitted model as a portable checkpoint (safetensors + JSON).
 
@@ -987,65 +904,66 @@ class MNMEncoder(NiMAREBase):
         -------
         :class:`pathlib.Path`
         """
-        from nimare_mnm.model import save_model
+        from nimare_mnm.checkpoint import encoder_contents, save_model
 
-        config, arrays = self._checkpoint_parts()
+        self._check_fitted()
+        config, arrays = encoder_contents(self)
         config.update(extra_config or {})
         arrays.update(extra_arrays or {})
         return save_model(self.model_, path, extra_config=config, extra_arrays=arrays)
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "auto") -> MNMEncoder:
+    def from_checkpoint(cls, path, device: str = "auto", text_model=None) -> MNMEncoder:
         """Load a model written by :meth:`save_checkpoint`.
+
+        Parameters
+        ----------
+        path : path-like or :class:`~nimare_mnm.checkpoint.EncoderCheckpoint`
+            The checkpoint folder, or its contents as
+            :func:`~nimare_mnm.checkpoint.read_encoder_checkpoint` returns them.
+        device : :obj:`str`, default="auto"
+            Device of the text encoder.
+        text_model : :obj:`str` or object with an ``encode`` method, optional
+            The text encoder, instead of the one the checkpoint names; needed when the model
+            was trained with a custom encoder object (which a checkpoint cannot hold).
 
         Raises
         ------
         FileNotFoundError, ValueError
             Missing, corrupt or incompatible checkpoint.
         """
-        encoder, _, _ = cls._from_checkpoint(path, device)
-        return encoder
+        from nimare_mnm.checkpoint import EncoderCheckpoint, read_encoder_checkpoint
 
-    @classmethod
-    def _from_checkpoint(cls, path, device: str = "auto"):
-        from nimare_mnm.brain import BrainVectorizer
-        from nimare_mnm.model import load_model
-
-        model, config, arrays = load_model(path)
-        if config.get("estimator") != "MNMEncoder":
-            raise ValueError(f"{path} is a model checkpoint but not an MNMEncoder's.")
-        try:
-            params = dict(config["params"])
-            params["device"] = device
-            encoder = cls(**params)
-            vec = BrainVectorizer(**config["vectorizer"])
-            vec._set_assignment(
-                arrays["vectorizer.assignment"].astype(np.int64),
-                {lv: arrays[f"regions.{lv}"].astype(np.int64) for lv in MAP_LEVELS},
-            )
-            ids = config.get("study_ids") or [str(i) for i in arrays["studies.ids"]]
-            encoder._set_fitted(
-                model=model,
-                similarity=config["similarity"],
-                vectorizer=vec,
-                region_labels={lv: arrays[f"regions.{lv}"].astype(np.int64) for lv in MAP_LEVELS},
-                region_names=config["region_names"],
-                study_ids=ids,
-                text_points=arrays["studies.text_points"],
-                brain_points=arrays["studies.brain_points"],
-                study_vectors=arrays.get("studies.vectors"),
-            )
-        except (KeyError, TypeError) as exc:
+        contents = path if isinstance(path, EncoderCheckpoint) else read_encoder_checkpoint(path)
+        config = contents.config
+        params = {**contents.params, "device": device}
+        if text_model is not None:
+            params["text_model"] = text_model
+        elif str(params["text_model"]).startswith("custom:"):
             raise ValueError(
-                f"The checkpoint in {path} is incomplete or incompatible: {exc}"
-            ) from exc
-        if model.decoder is None:
+                f"The checkpoint in {contents.path} was trained with a custom text encoder "
+                f"({params['text_model'][7:]}): pass it as text_model=."
+            )
+        encoder = cls(**params)
+        encoder._set_fitted(
+            model=contents.model,
+            similarity=contents.similarity,
+            vectorizer=contents.vectorizer,
+            levels=contents.levels,
+            region_labels=contents.region_labels,
+            region_names=contents.region_names,
+            study_ids=contents.study_ids,
+            text_points=contents.text_points,
+            brain_points=contents.brain_points,
+            study_vectors=contents.study_vectors,
+        )
+        if contents.model.decoder is None:
             encoder.n_neighbours_ = int(config.get("n_neighbours") or N_NEIGHBOURS)
         encoder.studyset_ = None
         encoder.weights_sha256_ = config.get("sha256")
         encoder.training_ = {**config.get("training", {}), "history": config.get("history", [])}
-        encoder._load_vocabulary(config, path)
-        return encoder, config, arrays
+        encoder._load_vocabulary(config, contents.path)
+        return encoder
 
     def _load_vocabulary(self, config: dict, path) -> None:
         """Query vocabulary and threshold of a checkpoint.
@@ -1131,18 +1049,6 @@ def fit_meta_analysis(estimator, studies):
         logger.removeFilter(quiet)
 
 
-def to_density(rooted: np.ndarray) -> np.ndarray:
-    """Undo the square root of :func:`~nimare_mnm.training.prepare_brain` on predictions.
-
-    Models learn square-rooted maps; the decoder head's predictions are squared back
-    (negative values, below-baseline predictions, become 0). On the NeuroQuery validation
-    split this raised the mean Pearson r with the true density maps from 0.155 to 0.157
-    (linear decoder, three runs agreeing), and it leaves the location of every positive peak
-    unchanged.
-    """
-    return np.square(np.clip(rooted, 0.0, None))
-
-
 def _zscore_rows(maps: np.ndarray) -> np.ndarray:
     """Z-score each row of float32 maps in place; a constant row is an error (no prediction)."""
     if not np.isfinite(maps).all():
@@ -1164,7 +1070,6 @@ def _choose_neighbours(text_points, brain_points, brain, val_rows, similarity) -
     vector by Pearson r, and the k of :data:`NEIGHBOUR_GRID` with the best mean r is kept.
     """
     from nimare_mnm.evaluation import map_correlation
-    from nimare_mnm.training import prepare_brain
     from nimare_mnm.utils import neighbour_mean
 
     val_rows = np.asarray(val_rows, dtype=np.int64)

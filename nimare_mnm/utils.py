@@ -1,10 +1,16 @@
-"""Locations of data and caches, shared by every nimare-mnm module."""
+"""Locations of data and caches, atomic writes and small helpers shared by every module."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 DATA_ENV = "NIMARE_MNM_DATA"
 CACHE_ENV = "NIMARE_MNM_CACHE"
@@ -121,3 +127,102 @@ def neighbour_mean(scores, vectors, k: int, max_elements: int = 2**25):
         block = vectors[top[start : start + step]]
         out[start : start + step] = block.mean(axis=1, dtype=np.float32)
     return out
+
+
+def ids_digest(ids: Iterable) -> str:
+    """SHA-256 of study ids in order (one per line): records which studies a model saw."""
+    joined = "\n".join(str(i) for i in ids).encode()
+    return hashlib.sha256(joined).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, text: bool = False):
+    """Write a file atomically: into a temporary sibling, flushed, then :func:`os.replace`.
+
+    Readers see the old file or the new one, never a part; the file is readable by all
+    (0644), as a shared cache must be.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    write : callable
+        Called with the open temporary file object.
+    text : :obj:`bool`, default=False
+        Open the file in text mode (UTF-8) instead of binary.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w" if text else "wb", **({"encoding": "utf-8"} if text else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
+    """Build a folder atomically: yield a temporary sibling that then takes its place.
+
+    Parameters
+    ----------
+    path : path-like
+        The folder.
+    replace : :obj:`bool`, default=True
+        When ``path`` exists once the build is done: True moves it aside, puts the new
+        folder in place and only then deletes the old one (restored if the move fails);
+        False keeps the existing folder (another process built the same thing first).
+
+    Yields
+    ------
+    :class:`pathlib.Path`
+        The temporary folder (``.<name>.tmp-<token>``) to write into; it is removed if the
+        block raises.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    tmp = path.parent / f".{path.name}.tmp-{token}"
+    old = path.parent / f".{path.name}.old-{token}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if path.exists() and not replace:
+            return
+        moved_aside = False
+        if path.exists():
+            os.replace(path, old)
+            moved_aside = True
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if moved_aside:
+                os.replace(old, path)
+            elif path.exists() and not replace:
+                return  # another process put it there meanwhile: keep theirs
+            raise
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

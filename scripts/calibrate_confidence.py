@@ -28,8 +28,9 @@ import numpy as np
 from nimare_mnm import MNMEncoder, load_neuroquery
 from nimare_mnm.confidence import CALIBRATION_QUANTILE, calibrate_threshold
 from nimare_mnm.datasets import study_titles
-from nimare_mnm.encoder import PRETRAINED_DIR, _ids_digest
+from nimare_mnm.encoder import PRETRAINED_DIR
 from nimare_mnm.experiments.provenance import provenance
+from nimare_mnm.utils import ids_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "confidence.json"
@@ -71,7 +72,7 @@ def validation_ids(encoder: MNMEncoder) -> tuple[list[str], bool | None]:
     rows = np.sort(perm[: max(1, int(n * params["val_fraction"]))])
     ids = [str(i) for i in encoder.study_ids_[rows]]
     recorded = encoder.training_.get("validation_ids_sha256")
-    return ids, (None if recorded is None else recorded == _ids_digest(ids))
+    return ids, (None if recorded is None else recorded == ids_digest(ids))
 
 
 def main() -> None:

@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from nimare_mnm import MNMDecoder, MNMEncoder, load_neuroquery
-from nimare_mnm.encoder import PRETRAINED_DIR, _ids_digest
+from nimare_mnm.encoder import PRETRAINED_DIR
 from nimare_mnm.evaluation import protocol_split
+from nimare_mnm.utils import ids_digest
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.1
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         split_seed=SPLIT_SEED,
         test_fraction=TEST_FRACTION,
         n_test=len(test_ids),
-        test_ids_sha256=_ids_digest(test_ids),
+        test_ids_sha256=ids_digest(test_ids),
         test_ids_disjoint=check_disjoint(encoder.study_ids_, test_ids),
     )
     decoder = MNMDecoder(encoder=encoder).fit(train_set)

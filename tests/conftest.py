@@ -45,14 +45,14 @@ def neuroquery(data_dir, cache_dir):
 
 @pytest.fixture(scope="session")
 def levels(data_dir):
-    from nimare_mnm.brain import BrainLevels
+    from nimare_mnm.atlases import BrainLevels
 
     return BrainLevels(data_dir).fit()
 
 
 @pytest.fixture(scope="session")
 def vectorizer(data_dir, levels):
-    from nimare_mnm.brain import BrainVectorizer
+    from nimare_mnm.vectorizer import BrainVectorizer
 
     return BrainVectorizer(data_dir=data_dir).fit(levels)
 

@@ -56,7 +56,7 @@ def test_command_line_answers_without_the_heavy_imports():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
-    submodule = "import nimare_mnm; print(nimare_mnm.brain.load_mask.__name__)"
+    submodule = "import nimare_mnm; print(nimare_mnm.atlases.load_mask.__name__)"
     out = subprocess.run([sys.executable, "-c", submodule], capture_output=True, text=True)
     assert out.stdout.strip() == "load_mask", out.stderr  # submodules still resolve
     # The public names still resolve, on first use.

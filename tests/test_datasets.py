@@ -54,7 +54,7 @@ def test_neuroquery_texts_order_terms_by_tfidf():
 
 
 def test_query_views():
-    from nimare_mnm.datasets import N_QUERY_VIEWS, query_views
+    from nimare_mnm.training import N_QUERY_VIEWS, query_views
 
     neuroquery = (
         "Fear and the amygdala. Keywords: fear; amygdala; conditioning. "
@@ -185,7 +185,7 @@ def test_real_neuroquery(neuroquery):
 
 @requires_data
 def test_interrupted_cache_builds_are_cleaned_up(neuroquery, data_dir, cache_dir):
-    # A build killed with kill -9 leaves neuroquery-<hash>.tmp-*; the next load removes it,
+    # A build killed with kill -9 leaves .neuroquery-<hash>.tmp-*; the next load removes it,
     # but not a build that another process may still be writing.
     import os
     import shutil
@@ -193,8 +193,8 @@ def test_interrupted_cache_builds_are_cleaned_up(neuroquery, data_dir, cache_dir
 
     from nimare_mnm import load_neuroquery
 
-    stale = cache_dir / "neuroquery-0123abcd.tmp-killed"
-    fresh = cache_dir / "neuroquery-0123abcd.tmp-running"
+    stale = cache_dir / ".neuroquery-0123abcd.tmp-killed"
+    fresh = cache_dir / ".neuroquery-0123abcd.tmp-running"
     for folder in (stale, fresh):
         folder.mkdir()
         (folder / "coordinates.parquet").write_bytes(b"partial")

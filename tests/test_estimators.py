@@ -10,88 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import requires_data
+from sklearn.exceptions import NotFittedError
 
 from nimare_mnm import MNMDecoder, MNMEncoder
-from nimare_mnm.brain import load_mask
+from nimare_mnm.atlases import load_mask
 from nimare_mnm.decoder import load_brain_image
-from nimare_mnm.encoder import PRETRAINED_DIR, validate_texts
+from nimare_mnm.encoder import PRETRAINED_DIR
+from nimare_mnm.experiments.textbook import TEXTBOOK, textbook_hits
+from nimare_mnm.text import validate_texts
 
 has_pretrained = pytest.mark.skipif(
     not (PRETRAINED_DIR / "config.json").exists(), reason="pretrained model not built"
 )
 
-#: Textbook queries and the Harvard-Oxford structures (neuroparc names) where the predicted
-#: map must peak, searched within the cortical ("cort") or subcortical ("sub") atlas. The
-#: saccade network includes the supplementary eye field, in the juxtapositional lobule
-#: (the atlas spells it "Justapositional").
-TEXTBOOK = {
-    "finger tapping": ("cort", ["Precentral_Gyrus", "Postcentral_Gyrus"]),
-    "face recognition": (
-        "cort",
-        [
-            "Temporal_Occipital_Fusiform_Cortex",
-            "Occipital_Fusiform_Gyrus",
-            "Temporal_Fusiform_Cortex_posterior_division",
-            "Lateral_Occipital_Cortex_inferior_division",
-        ],
-    ),
-    "fear conditioning": ("sub", ["Left_Amygdala", "Right_Amygdala"]),
-    "listening to tones": (
-        "cort",
-        [
-            "Heschl's_Gyrus_(includes_H1_and_H2)",
-            "Planum_Temporale",
-            "Planum_Polare",
-            "Superior_Temporal_Gyrus_posterior_division",
-            "Superior_Temporal_Gyrus_anterior_division",
-        ],
-    ),
-    "monetary reward anticipation": (
-        "sub",
-        [f"{side}_{s}" for side in ("Left", "Right") for s in ("Accumbens", "Caudate", "Putamen")],
-    ),
-    "episodic memory encoding": ("sub", ["Left_Hippocampus", "Right_Hippocampus"]),
-    "spatial navigation": ("sub", ["Left_Hippocampus", "Right_Hippocampus"]),
-    "sentence comprehension": (
-        "cort",
-        [
-            "Inferior_Frontal_Gyrus_pars_triangularis",
-            "Inferior_Frontal_Gyrus_pars_opercularis",
-            "Superior_Temporal_Gyrus_posterior_division",
-            "Superior_Temporal_Gyrus_anterior_division",
-            "Middle_Temporal_Gyrus_posterior_division",
-            "Middle_Temporal_Gyrus_anterior_division",
-        ],
-    ),
-    "painful heat": (
-        "cort",
-        [
-            "Insular_Cortex",
-            "Central_Opercular_Cortex",
-            "Parietal_Operculum_Cortex",
-            "Cingulate_Gyrus_anterior_division",
-        ],
-    ),
-    "saccadic eye movements": (
-        "cort",
-        [
-            "Precentral_Gyrus",  # frontal eye fields
-            "Superior_Frontal_Gyrus",
-            "Middle_Frontal_Gyrus",
-            "Justapositional_Lobule_Cortex_(formerly_Supplementary_Motor_Cortex)",  # SEF
-            "Superior_Parietal_Lobule",  # parietal eye field
-        ],
-    ),
-    "visual word form reading": (
-        "cort",
-        [
-            "Temporal_Occipital_Fusiform_Cortex",
-            "Inferior_Temporal_Gyrus_temporoocipital_part",
-            "Occipital_Fusiform_Gyrus",
-            "Lateral_Occipital_Cortex_inferior_division",
-        ],
-    ),
-}
 #: A decoded term is a motor term when it contains one of these.
 MOTOR_WORDS = ("motor", "movement", "finger", "hand", "tapping", "grip", "precentral")
 
@@ -125,15 +56,39 @@ def test_params_contract():
         enc.set_params(nonsense=1)
     dec = MNMDecoder(frequency_threshold=0.5)
     assert clone(dec).get_params()["frequency_threshold"] == 0.5
+    assert clone(dec).get_params()["encoder"] == "pretrained"
 
 
 def test_unfitted_estimators_refuse():
-    with pytest.raises(RuntimeError, match="not fitted"):
-        MNMEncoder().transform("memory")
-    with pytest.raises(RuntimeError, match="not fitted"):
-        MNMEncoder().retrieve("memory")
-    with pytest.raises(RuntimeError, match="not fitted"):
-        MNMDecoder().transform(load_mask())
+    # scikit-learn's NotFittedError, which is also an AttributeError, as NiMARE's are.
+    for call in (
+        lambda: MNMEncoder().transform("memory"),
+        lambda: MNMEncoder().retrieve("memory"),
+        lambda: MNMEncoder().radius("memory"),
+        lambda: MNMDecoder().transform(load_mask()),
+    ):
+        with pytest.raises(NotFittedError, match="not fitted"):
+            call()
+    assert issubclass(NotFittedError, AttributeError)
+    # A decoder holding an unfitted encoder cannot fit it without studies.
+    with pytest.raises(NotFittedError, match="no studies to fit it on"):
+        MNMDecoder(encoder=MNMEncoder()).fit()
+    with pytest.raises(TypeError, match="encoder must be"):
+        MNMDecoder(encoder=3).fit()
+
+
+@has_pretrained
+def test_clone_of_a_fitted_decoder_is_unfitted_and_refits():
+    from sklearn.base import clone
+
+    dec = MNMDecoder.load_pretrained(device="cpu")
+    copy = clone(dec)
+    assert not hasattr(copy, "term_points_")
+    assert isinstance(copy.encoder, MNMEncoder) and not hasattr(copy.encoder, "model_")
+    # The decoder of a named model fits without data, to the same terms and points.
+    named = clone(MNMDecoder(encoder=str(PRETRAINED_DIR))).fit()
+    assert named.features_ == dec.features_
+    np.testing.assert_array_equal(named.term_points_, dec.term_points_)
 
 
 def _img(data, affine=None):
@@ -232,7 +187,7 @@ def _pretrained_training_ids():
 
 @has_pretrained
 def test_pretrained_is_small_and_records_its_split():
-    from nimare_mnm.encoder import _ids_digest
+    from nimare_mnm.utils import ids_digest
 
     size = sum(f.stat().st_size for f in PRETRAINED_DIR.iterdir()) / 2**20
     assert size <= 25
@@ -242,15 +197,15 @@ def test_pretrained_is_small_and_records_its_split():
     # The stored ids are the ones the model was fitted on: the digest taken at fit time
     # matches them (the data-free half of the check below).
     assert len(ids) == training["n_studies"] == len(set(ids))
-    assert _ids_digest(ids) == training["study_ids_sha256"]
+    assert ids_digest(ids) == training["study_ids_sha256"]
 
 
 @has_pretrained
 @requires_data
 def test_pretrained_never_saw_the_test_split(neuroquery):
     """Recompute the protocol's test split from the corpus; no stored training id is in it."""
-    from nimare_mnm.encoder import _ids_digest
     from nimare_mnm.evaluation import protocol_split
+    from nimare_mnm.utils import ids_digest
 
     trained, config = _pretrained_training_ids()
     training = config["training"]
@@ -259,7 +214,7 @@ def test_pretrained_never_saw_the_test_split(neuroquery):
     # The checkpoint was split the protocol's way...
     assert (training["test_fraction"], training["split_seed"]) == (0.1, 0)
     assert len(test_ids) == training["n_test"]
-    assert _ids_digest(test_ids) == training["test_ids_sha256"]
+    assert ids_digest(test_ids) == training["test_ids_sha256"]
     # ...and trained only on studies of the training part.
     assert not np.isin(trained, test_ids).any()
     assert np.isin(trained, corpus_train).all()
@@ -276,8 +231,8 @@ def test_train_pretrained_refuses_test_ids():
     )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.check_disjoint(["1", "2", "3"], np.array(["4", "5"], dtype=object)) is True
-    assert script.check_disjoint(np.array([1, 2]), ["3"]) is True
+    script.check_disjoint(["1", "2", "3"], np.array(["4", "5"], dtype=object))  # no error
+    script.check_disjoint(np.array([1, 2]), ["3"])
     with pytest.raises(RuntimeError, match="1 test studies reached the training set"):
         script.check_disjoint(["1", "2", "3"], ["3", "4"])
     with pytest.raises(RuntimeError, match="test studies"):
@@ -321,7 +276,10 @@ def test_transform_outputs(pretrained, tmp_path):
         np.testing.assert_array_equal(copied.maps[name], res.maps[name])
     res.save_maps(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{m}.nii.gz" for m in res.maps)
-    assert res.tables["query"]["generality"].iloc[0] > 0
+    query = res.tables["query"].iloc[0]
+    assert query["radius"] > 0
+    assert query["generality"] == pytest.approx(np.exp(-query["radius"]))
+    assert query["radius"] == pytest.approx(pretrained.radius("working memory")[0], abs=1e-5)
     many = pretrained.transform(["working memory", "face perception"])
     # Batched text encoding pads sequences: equal up to float32 rounding.
     assert len(many) == 2 and np.allclose(many[0].maps["z"], z, atol=1e-3)
@@ -332,11 +290,13 @@ def test_transform_outputs(pretrained, tmp_path):
         pretrained.transform(["memory", None])
 
 
-def test_general_terms_sit_nearer_the_origin(pretrained):
-    general, specific = pretrained.generality(
-        ["memory", "spatial working memory load in the dorsolateral prefrontal cortex"]
-    )
-    assert general < specific
+def test_radius_and_generality_order_the_same_way(pretrained):
+    texts = ["memory", "spatial working memory load in the dorsolateral prefrontal cortex"]
+    radius, generality = pretrained.radius(texts), pretrained.generality(texts)
+    np.testing.assert_allclose(generality, np.exp(-radius), rtol=1e-6)
+    # higher generality is nearer the origin, whichever text the model puts there
+    assert np.argmax(generality) == np.argmin(radius)
+    assert ((generality > 0) & (generality <= 1)).all()
 
 
 def test_save_load_round_trips(pretrained, pretrained_decoder, tmp_path):
@@ -367,7 +327,7 @@ def test_decoder_motor_map(pretrained_decoder):
     img = load_sample_motor_activation_image()
     table = pretrained_decoder.transform(img)
     assert table.index.name == "feature"
-    assert {"score", "generality", "level", "region"} <= set(table.columns)
+    assert {"score", "radius", "generality", "level", "region"} <= set(table.columns)
     assert table["score"].is_monotonic_decreasing
     top = list(table.index[:10])
     assert any(w in t for t in top for w in MOTOR_WORDS), f"no motor term in the top 10: {top}"
@@ -384,55 +344,36 @@ def test_decoder_motor_map(pretrained_decoder):
         pretrained_decoder.transform(nib.Nifti1Image(negative, motor.affine))
 
 
-def textbook_hits(encoder, data_dir, queries: dict | None = None) -> dict:
-    """Where each textbook query's predicted map peaks, within its atlas."""
-    from nimare_mnm.brain import SUBCORTICAL_STRUCTURES, load_atlas
-
-    mask = np.asanyarray(load_mask().dataobj) > 0
-    atlases = {}
-    for kind in ("cort", "sub"):
-        img, names = load_atlas(f"harvard_oxford_{kind}", data_dir)
-        labels = np.asanyarray(img.dataobj)[mask]
-        names = np.asarray(names, dtype=object)
-        inside = labels > 0
-        if kind == "sub":
-            inside &= np.isin(names[labels], SUBCORTICAL_STRUCTURES)
-        atlases[kind] = (names[labels], inside)
-    queries = TEXTBOOK if queries is None else queries
-    maps = encoder.predict_maps(list(queries))
-    found = {}
-    for (query, (kind, expected)), z in zip(queries.items(), maps):
-        names, inside = atlases[kind]
-        peak = np.flatnonzero(inside)[np.argmax(z[inside])]
-        found[query] = (names[peak], names[peak] in expected)
-    return found
-
-
-#: A textbook query the corpus does not support, kept out of the test and reported by
-#: benchmarks/bench_estimators.py: the 19 NeuroQuery training studies that mention a
-#: checkerboard peak, on average, in the temporo-occipital inferior temporal gyrus, not in V1,
-#: and the model follows its corpus (lateral occipital cortex or precentral gyrus, depending
-#: on the training run).
-KNOWN_MISSES = {
-    "visual checkerboard stimulation": (
-        "cort",
-        [
-            "Occipital_Pole",
-            "Intracalcaring_Cortex",
-            "Supracalcarine_Cortex",
-            "Lingual_Gyrus",
-            "Cuneal_Cortex",
-            "Lateral_Occipital_Cortex_inferior_division",
-        ],
-    ),
-}
-
-
 @requires_data
 def test_textbook_queries(pretrained, data_dir):
-    found = textbook_hits(pretrained, data_dir)
+    """Textbook queries peak where textbooks say, and the check can fail.
+
+    Control: each query's expected structures scored on the map of another query of the
+    same atlas whose expected structures are disjoint from them. If the expectations were so
+    broad that any map hit them, the control would hit as often as the real maps.
+    """
+    queries = list(TEXTBOOK)
+    maps = dict(zip(queries, pretrained.predict_maps(queries)))
+    found = textbook_hits(pretrained, data_dir, maps=[maps[q] for q in queries])
+    hits = sum(hit for _, hit in found.values())
+    pairs = [
+        (q, p)
+        for q in queries
+        for p in queries
+        if p != q
+        and TEXTBOOK[p][0] == TEXTBOOK[q][0]
+        and not set(TEXTBOOK[p][1]) & set(TEXTBOOK[q][1])
+    ]
+    control = textbook_hits(
+        pretrained,
+        data_dir,
+        {f"{q} | map of {p}": TEXTBOOK[q] for q, p in pairs},
+        maps=[maps[p] for _, p in pairs],
+    )
+    control_rate = np.mean([hit for _, hit in control.values()])
     misses = {q: where for q, (where, hit) in found.items() if not hit}
-    assert len(found) >= 10 and not misses, misses
+    assert hits >= len(TEXTBOOK) - 2, misses
+    assert len(pairs) > 20 and control_rate <= 0.15, control
 
 
 # ------------------------------------------------------------------ fitting and retrieval
@@ -519,7 +460,7 @@ def test_decoder_fit_on_studyset(small_fit):
     assert (dec.term_frequency_ > 0).all()
     res = enc.transform("motor")
     table = dec.transform(res.get_map("z"))
-    assert list(table.columns[:3]) == ["score", "generality", "frequency"]
+    assert list(table.columns[:4]) == ["score", "radius", "generality", "frequency"]
     studies = dec.decode_studies(res.get_map("z"), k=3)
     assert "title" in studies.columns and len(studies) == 3
 

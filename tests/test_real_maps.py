@@ -16,7 +16,7 @@ from nilearn.image import load_img, resample_img
 from scipy.ndimage import binary_erosion
 
 from nimare_mnm import MNMDecoder
-from nimare_mnm.brain import load_mask
+from nimare_mnm.atlases import load_mask
 from nimare_mnm.decoder import load_brain_image
 
 FSL_2MM = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])

@@ -60,11 +60,11 @@ def outputs():
         "z_level_subcortical",
         "levels_mean_z",
         "levels_peak_z",
-        "generality",
+        "radius",
         "confidence",
         "retrieval_scores",
         "decoded_score",
-        "decoded_generality",
+        "decoded_radius",
         "decoded_study_score",
     ],
 )

@@ -84,18 +84,19 @@ fig.tight_layout()
 # Several queries at once
 # -----------------------
 # A list of queries gives a list of MetaResults. The ``query`` table also reports each
-# query's *generality*: the hyperbolic distance of its point to the origin (lower means more
-# general; see :doc:`/concepts`).
+# query's *radius*, the hyperbolic distance of its point to the origin (lower means more
+# general), and its *generality*, ``exp(-radius)`` (higher means more general; see
+# :doc:`/concepts`).
 queries = ["finger tapping", "fear conditioning", "reading words"]
 fig, axes = plt.subplots(len(queries), 1, figsize=(7, 7.5))
 for query, res, ax in zip(queries, encoder.transform(queries), axes):
-    generality = res.tables["query"]["generality"].iloc[0]
+    radius = res.tables["query"]["radius"].iloc[0]
     plotting.plot_glass_brain(
         res.get_map("z"),
         threshold=2.0,
         plot_abs=False,
         axes=ax,
-        title=f"{query} (generality {generality:.3f})",
+        title=f"{query} (radius {radius:.3f})",
     )
 
 ###############################################################################

@@ -69,5 +69,5 @@ print(
 predicted = decoder.encoder_.transform("auditory cortex response to tones").get_map("z")
 plotting.plot_glass_brain(predicted, threshold=2.0, plot_abs=False, title="predicted: tones")
 round_trip = decoder.transform(predicted)
-print(round_trip.head(10)[["score", "generality", "level", "region"]])
+print(round_trip.head(10)[["score", "radius", "generality", "level", "region"]])
 print("rank of 'auditory':", round_trip.index.get_loc("auditory") + 1)

@@ -3,13 +3,14 @@ Terms and studies in the Poincaré disk, and what generality measures
 =====================================================================
 
 nimare-mnm places texts and brain maps in one Lorentz-model hyperbolic space. A point's
-distance to the origin, its *generality*, is meant to order concepts from general (near the
-origin) to specific (far from it), and the training objective asks a text to *entail* the
+distance to the origin, its *radius*, is meant to order concepts from general (near the
+origin) to specific (far from it); its *generality* is ``exp(-radius)``, higher for more
+general concepts, and the training objective asks a text to *entail* the
 brain map it describes: the map's point should lie in a cone that opens away from the origin
 at the text's point.
 
 This example draws the pretrained model's term and study points in the Poincaré disk, then
-checks what the generality of a term has to do with how often the term is used.
+checks what the radius of a term has to do with how often the term is used.
 
 Everything comes from the pretrained model: this example runs offline.
 
@@ -130,11 +131,11 @@ ax.set_title("Pretrained model in the Poincaré disk")
 term_vectors = vectors["terms"]
 _, _, term_axes = np.linalg.svd(term_vectors - term_vectors.mean(0), full_matrices=False)
 term_disk = to_disk(term_points, plane=term_axes[:2].T)
-order = np.argsort(decoder.term_generality_)
+order = np.argsort(decoder.term_radius_)
 extent = 1.1 * np.abs(term_disk).max()
 fig, ax = plt.subplots(figsize=(7, 7))
 ax.scatter(*term_disk.T, s=3, alpha=0.25, color="tab:gray")
-for g in np.percentile(decoder.term_generality_, [5, 50, 95]):
+for g in np.percentile(decoder.term_radius_, [5, 50, 95]):
     rho_disk = np.tanh(np.sqrt(c) * g / 2)
     ax.add_patch(plt.Circle((0, 0), rho_disk, fill=False, ls="--", lw=0.6, color="k"))
 ax.scatter(0, 0, marker="+", color="k", s=80)
@@ -145,7 +146,7 @@ for i, color in [(i, "tab:red") for i in order[:6]] + [(i, "k") for i in order[-
 ax.set_xlim(-extent, extent)
 ax.set_ylim(-extent, extent)
 ax.set_aspect("equal")
-ax.set_title("Terms near the origin (dashed: 5th, 50th, 95th percentile of generality)")
+ax.set_title("Terms near the origin (dashed: 5th, 50th, 95th percentile of the radius)")
 
 print("most general terms: ", ", ".join(terms[order[:10]]))
 print("most specific terms:", ", ".join(terms[order[-10:]]))
@@ -153,10 +154,10 @@ print("most specific terms:", ", ".join(terms[order[-10:]]))
 ###############################################################################
 # Generality of free-text queries
 # -------------------------------
-# :meth:`~nimare_mnm.MNMEncoder.generality` gives the same distance for any text.
+# :meth:`~nimare_mnm.MNMEncoder.radius` gives the same distance for any text.
 queries = ["memory", "working memory", "spatial working memory load", "emotion", "fear",
            "fear conditioning to faces in the amygdala"]  # fmt: skip
-for query, g in zip(queries, encoder.generality(queries)):
+for query, g in zip(queries, encoder.radius(queries)):
     print(f"{g:.4f}  {query}")
 
 ###############################################################################
@@ -164,16 +165,16 @@ for query, g in zip(queries, encoder.generality(queries)):
 # ---------------------------------
 # If the distance to the origin ordered terms from general to specific the way a corpus
 # does, frequently used terms would sit nearer the origin: a negative rank correlation
-# between generality and the number of studies using the term. The printed Spearman
+# between radius and the number of studies using the term. The printed Spearman
 # correlation says how far the shipped model is from that.
 frequency = decoder.term_frequency_
-rho, p = spearmanr(decoder.term_generality_, frequency)
-print(f"Spearman rho(generality, frequency) = {rho:.3f} (p = {p:.2g}, {len(terms)} terms)")
+rho, p = spearmanr(decoder.term_radius_, frequency)
+print(f"Spearman rho(radius, frequency) = {rho:.3f} (p = {p:.2g}, {len(terms)} terms)")
 
 fig, ax = plt.subplots(figsize=(6, 4))
-ax.scatter(frequency, decoder.term_generality_, s=3, alpha=0.3)
+ax.scatter(frequency, decoder.term_radius_, s=3, alpha=0.3)
 ax.set_xscale("log")
 ax.set_xlabel("studies using the term (log scale)")
-ax.set_ylabel("generality (distance to the origin)")
-ax.set_title(f"Terms: generality vs frequency (Spearman rho = {rho:.2f})")
+ax.set_ylabel("radius (distance to the origin)")
+ax.set_title(f"Terms: radius vs frequency (Spearman rho = {rho:.2f})")
 fig.tight_layout()

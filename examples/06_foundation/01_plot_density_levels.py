@@ -19,8 +19,10 @@ import numpy as np
 from nilearn import plotting
 
 from nimare_mnm import load_neuroquery
-from nimare_mnm.brain import BrainLevels, BrainVectorizer, PeakDensity
+from nimare_mnm.atlases import BrainLevels
 from nimare_mnm.datasets import study_texts
+from nimare_mnm.densities import PeakDensity
+from nimare_mnm.vectorizer import BrainVectorizer
 
 data_dir = os.environ.get("NIMARE_MNM_DATA", "../shared/data")
 studyset = load_neuroquery(data_dir)

@@ -168,12 +168,14 @@ class _Split:
 
 
 def _prepare(cfg: BenchmarkConfig) -> _Split:
-    from nimare_mnm.brain import BrainLevels, BrainVectorizer, PeakDensity
+    from nimare_mnm.atlases import BrainLevels
     from nimare_mnm.datasets import load_neuroquery
+    from nimare_mnm.densities import PeakDensity
     from nimare_mnm.evaluation import protocol_split, validation_split
     from nimare_mnm.experiments.decoding import content_terms
     from nimare_mnm.features import corpus_arrays
     from nimare_mnm.text import TextEncoder
+    from nimare_mnm.vectorizer import BrainVectorizer
 
     studyset = load_neuroquery(cfg.data_dir)
     all_ids = np.unique(np.asarray(studyset.study_ids).astype(str))
@@ -314,7 +316,7 @@ def _ladders(encoder) -> dict:
     """Distances to the origin along :data:`LADDERS`; how many move outward monotonically."""
     rows = []
     for ladder in LADDERS:
-        radius = encoder.generality(list(ladder))
+        radius = encoder.radius(list(ladder))
         rows.append(
             {
                 "queries": list(ladder),
@@ -362,12 +364,12 @@ def _neural_run(data: _Split, cfg: BenchmarkConfig, name: str, seed: int) -> dic
         decoder = MNMDecoder(encoder=encoder, features=data.terms["terms"]).fit(train_set)
         index = pd.Index(decoder.features_).get_indexer(data.terms["terms"])
         frequency = data.terms["train_counts"]
-        rho = spearmanr(decoder.term_generality_[index], np.log(frequency)).statistic
+        rho = spearmanr(decoder.term_radius_[index], np.log(frequency)).statistic
         summary["generality_rho"] = float(rho)
         ladders = _ladders(encoder)
         summary["ladders_outward"] = ladders["n_outward"]
         summary["radius"] = {
-            "terms": _quantiles(decoder.term_generality_),
+            "terms": _quantiles(decoder.term_radius_),
             "study_texts": _quantiles(_radius(encoder, text_points)),
             "brain": _quantiles(_radius(encoder, brain_points)),
         }
@@ -383,16 +385,13 @@ def _quantiles(values) -> dict:
 
 def _radius(encoder, points: np.ndarray) -> np.ndarray:
     """Hyperbolic distance of points to the origin."""
-    import torch
-
-    with torch.no_grad():
-        return encoder.model_.generality(torch.as_tensor(points)).numpy()
+    return encoder.point_radius(points)
 
 
 # --------------------------------------------------------------------------- decoding
 def _decoding(data: _Split, cfg: BenchmarkConfig, decoders: list) -> dict:
     """Run the frequency-controlled decoding benchmark on the scored studies' density maps."""
-    from nimare_mnm.brain import PeakDensity
+    from nimare_mnm.densities import PeakDensity
     from nimare_mnm.evaluation import TermRanks, paired_bootstrap
     from nimare_mnm.experiments.decoding import (
         MeanMapDecoder,
@@ -585,8 +584,8 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
     """
     import torch
 
-    from nimare_mnm.encoder import _ids_digest
     from nimare_mnm.experiments.provenance import provenance
+    from nimare_mnm.utils import ids_digest
 
     cfg = config or BenchmarkConfig()
     t_start = time.perf_counter()
@@ -677,7 +676,7 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
         "test; validation carved from the training part (validation_split)",
         "n_train": len(data.train.ids),
         "n_scored": n_test,
-        "scored_ids_sha256": _ids_digest(data.test.ids),
+        "scored_ids_sha256": ids_digest(data.test.ids),
         "scored_ids_disjoint_from_shipped_model": _shipped_model_disjoint(data.test.ids),
         "chance_recall@10": 100.0 * 10 / n_test,
         "rows": rows,

@@ -1,8 +1,8 @@
 """Floors of the benchmark: simple text -> brain-map predictors every model must beat.
 
-Each floor predicts brain vectors (supervoxel densities, :class:`~nimare_mnm.brain.
-BrainVectorizer`) from text and chooses its one setting on validation studies carved from the
-training part, never on the test split:
+Each floor predicts brain vectors (supervoxel densities,
+:class:`~nimare_mnm.vectorizer.BrainVectorizer`) from text and chooses its one setting on
+validation studies carved from the training part, never on the test split:
 
 - :class:`AverageMap`: the mean training map, whatever the query (query-blind);
 - :class:`TfidfNeighbours`: the mean map of the k training studies whose text is most similar
@@ -115,9 +115,9 @@ class TfidfNeighbours:
 class EmbeddingRidge:
     """Ridge regression from frozen text embeddings to square-rooted brain vectors.
 
-    The targets are prepared as nimare-mnm's (:func:`~nimare_mnm.training.prepare_brain`:
+    The targets are prepared as nimare-mnm's (:func:`~nimare_mnm.features.prepare_brain`:
     signed square root, unit norm) and predictions squared back
-    (:func:`~nimare_mnm.encoder.to_density`), so that this floor differs from nimare-mnm's
+    (:func:`~nimare_mnm.features.to_density`), so that this floor differs from nimare-mnm's
     decoder head only by the missing hyperbolic backbone.
 
     Parameters
@@ -138,7 +138,7 @@ class EmbeddingRidge:
 
     def fit(self, embeddings, brain, val_embeddings, val_brain) -> EmbeddingRidge:
         """Solve the ridge for every penalty and keep the best on validation."""
-        from nimare_mnm.training import prepare_brain
+        from nimare_mnm.features import prepare_brain
 
         x = np.asarray(embeddings, dtype=np.float64)
         y = prepare_brain(brain)["brain"].astype(np.float64)
@@ -161,7 +161,7 @@ class EmbeddingRidge:
 
     def predict(self, embeddings) -> np.ndarray:
         """Predicted brain vectors (density scale)."""
-        from nimare_mnm.encoder import to_density
+        from nimare_mnm.features import to_density
 
         rooted = (np.asarray(embeddings, dtype=np.float64) - self.x_mean_) @ self.weight_
         return to_density((rooted + self.y_mean_).astype(np.float32))

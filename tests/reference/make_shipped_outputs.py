@@ -26,6 +26,10 @@ STRIDE = 37
 TOP = 40
 
 
+def _radius(table):
+    return table["radius"] if "radius" in table else table["generality"]
+
+
 def shipped_outputs() -> dict[str, np.ndarray]:
     """Outputs of the pretrained encoder and decoder, as named arrays."""
     from nilearn.datasets import load_sample_motor_activation_image
@@ -46,7 +50,8 @@ def shipped_outputs() -> dict[str, np.ndarray]:
     out["levels_region"] = (tables[0]["level"] + "/" + tables[0]["region"]).to_numpy(dtype=str)
     out["levels_mean_z"] = np.stack([t["mean_z"].to_numpy() for t in tables])
     out["levels_peak_z"] = np.stack([t["peak_z"].to_numpy() for t in tables])
-    out["generality"] = np.array([r.tables["query"]["generality"].iloc[0] for r in results])
+    # The distance to the origin: the "radius" column, called "generality" before 2026-12-03.
+    out["radius"] = np.array([_radius(r.tables["query"]).iloc[0] for r in results])
     out["confidence"] = np.array([r.tables["query"]["confidence"].iloc[0] for r in results])
     scores = encoder.retrieval_scores(list(QUERIES))
     top_ids, top_scores = [], []
@@ -62,7 +67,7 @@ def shipped_outputs() -> dict[str, np.ndarray]:
     decoded = decoder.transform(img).iloc[:TOP]
     out["decoded_terms"] = decoded.index.to_numpy(dtype=str)
     out["decoded_score"] = decoded["score"].to_numpy()
-    out["decoded_generality"] = decoded["generality"].to_numpy()
+    out["decoded_radius"] = _radius(decoded).to_numpy()
     out["decoded_region"] = (decoded["level"] + "/" + decoded["region"]).to_numpy(dtype=str)
     studies = decoder.decode_studies(img, k=TOP)
     out["decoded_study_ids"] = studies.index.to_numpy(dtype=str)
