@@ -41,7 +41,6 @@ _ATLAS_FILES = {
 }
 
 
-
 # --------------------------------------------------------------------------- mask and atlases
 @lru_cache(maxsize=1)
 def load_mask() -> nib.Nifti1Image:

@@ -29,6 +29,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,21 @@ from nimare_mnm.utils import (
 
 LGR = logging.getLogger(__name__)
 
-__all__ = ["MNI_BOX", "load_neuroquery", "load_neurosynth", "study_texts"]
+__all__ = [
+    "CORPORA",
+    "MNI_BOX",
+    "NEUROQUERY_GROUP",
+    "CorpusSpec",
+    "annotation_term_counts",
+    "as_studyset",
+    "load_neuroquery",
+    "load_neurosynth",
+    "locate_corpus",
+    "read_vocabulary",
+    "study_texts",
+    "study_titles",
+    "term_usage",
+]
 
 #: World-coordinate bounding box (mm) of NiMARE's MNI152 2 mm template grid.
 MNI_BOX = np.array([[-90.0, 90.0], [-126.0, 90.0], [-72.0, 108.0]])
@@ -100,6 +115,148 @@ def _fetch_neurosynth(**kwargs):
         return fetch_neurosynth(**kwargs)
 
 
+@dataclass(frozen=True)
+class CorpusSpec:
+    """What distinguishes one coordinate database: its files and how to read them.
+
+    Parameters
+    ----------
+    name : :obj:`str`
+        NiMARE's folder name (``"neuroquery"``).
+    label : :obj:`str`
+        Name in messages (``"NeuroQuery v1"``).
+    fetcher : :obj:`str`
+        Name of the NiMARE fetcher (a function of :mod:`nimare.extract`).
+    keywords : :obj:`dict`
+        The fetcher's keywords that select the files.
+    files : :obj:`dict`
+        Key -> file name of every file needed.
+    texts : callable
+        ``texts(files, metadata)``: one text per study (metadata order).
+    space : callable
+        ``space(coords, metadata)``: the template space of each peak.
+    annotation : :obj:`tuple`
+        ``(group, matrix file key)``: the annotation attached, NiMARE's label group.
+    """
+
+    name: str
+    label: str
+    fetcher: str
+    keywords: dict
+    files: dict
+    texts: Callable
+    space: Callable
+    annotation: tuple[str, str]
+
+    def fetch(self, **kwargs):
+        """Call the NiMARE fetcher (looked up when called, so tests can replace it)."""
+        return globals()[f"_{self.fetcher}"](**kwargs)
+
+
+def _neuroquery_texts(files: dict, metadata: pd.DataFrame) -> list[str]:
+    abstract = _read_npz(files["abstract"], len(metadata))
+    keywords = _read_npz(files["keywords"], len(metadata))
+    vocabulary = read_vocabulary(files["vocabulary"])
+    return neuroquery_texts(list(metadata["title"]), abstract, keywords, vocabulary)
+
+
+def _neurosynth_texts(files: dict, metadata: pd.DataFrame) -> list[str]:
+    weights = _read_npz(files["topics"], len(metadata))
+    keys = _topic_keys(files["keys"], n_words=8)
+    return neurosynth_texts(list(metadata["title"]), weights, keys)
+
+
+def _neurosynth_space(coords: pd.DataFrame, metadata: pd.DataFrame) -> np.ndarray:
+    space = metadata.set_index(metadata["id"].astype(str))["space"]
+    return space.reindex(coords["id"].astype(str)).fillna("UNKNOWN").to_numpy()
+
+
+#: The corpora nimare-mnm reads; a new one is one entry (plus its text builder).
+CORPORA = {
+    "neuroquery": CorpusSpec(
+        name="neuroquery",
+        label="NeuroQuery v1",
+        fetcher="fetch_neuroquery",
+        keywords=NEUROQUERY_KEYWORDS,
+        files=_NQ_FILES,
+        texts=lambda files, metadata: _neuroquery_texts(files, metadata),
+        # NeuroQuery's peaks are reported in MNI space
+        space=lambda coords, metadata: "MNI",
+        annotation=("neuroquery7547_abstract_count", "abstract"),
+    ),
+    "neurosynth": CorpusSpec(
+        name="neurosynth",
+        label="Neurosynth v7",
+        fetcher="fetch_neurosynth",
+        keywords=NEUROSYNTH_KEYWORDS,
+        files=_NS_FILES,
+        texts=lambda files, metadata: _neurosynth_texts(files, metadata),
+        space=lambda coords, metadata: _neurosynth_space(coords, metadata),
+        annotation=("LDA50_abstract_weight", "topics"),
+    ),
+}
+
+
+def locate_corpus(
+    spec: CorpusSpec,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    files: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Find (or fetch) a corpus's files; see :func:`load_neuroquery` for where it looks.
+
+    Parameters
+    ----------
+    spec : :class:`CorpusSpec`
+        The corpus (e.g. ``CORPORA["neuroquery"]``).
+    data_dir : path-like, optional
+        Folder holding the corpus folder.
+    download : :obj:`bool`, default=True
+        Let NiMARE's fetcher download missing files.
+    files : :obj:`dict`, optional
+        Only these of the corpus's files (key -> file name).
+
+    Returns
+    -------
+    :obj:`dict`
+        Key -> absolute path.
+    """
+    return _locate(
+        spec.name, spec.label, spec.fetch, spec.keywords, files or spec.files, data_dir, download
+    )
+
+
+def _load_corpus(
+    spec: CorpusSpec,
+    data_dir,
+    *,
+    return_type: str,
+    annotations: bool,
+    cache_dir,
+    download: bool,
+    target: str,
+):
+    """Load one corpus as a Studyset (the body of :func:`load_neuroquery` and the like)."""
+    _check_return_type(return_type)
+    files = locate_corpus(spec, data_dir, download)
+    metadata = _read_table(files["metadata"], f"{spec.label} metadata")
+
+    def build():
+        texts = spec.texts(files, metadata)
+        coords = _read_table(files["coordinates"], f"{spec.label} coordinates")
+        coords["space"] = spec.space(coords, metadata)
+        return _tables(metadata, coords, texts, target)
+
+    studyset = _from_cache(spec.name, files, cache_dir, target, build)
+    if annotations:
+        group, key = spec.annotation
+        vocabulary = read_vocabulary(files["vocabulary"])
+        labels = np.asarray([f"{group}__{t}" for t in vocabulary])
+        matrix = _read_npz(files[key], len(metadata))
+        studyset = _annotate(studyset, group, labels, matrix, metadata["id"])
+    return _finish(studyset, return_type)
+
+
 def _searched_dirs(name: str, data_dir: str | None) -> list[str]:
     from nimare.extract.utils import get_data_dirs
 
@@ -147,7 +304,8 @@ def _locate(
 
     missing = [f for f in required.values() if not os.path.isfile(os.path.join(target, f))]
     kw = ", ".join(f"{k}={v!r}" for k, v in keywords.items())
-    fetch_name = fetcher.__name__.lstrip("_")
+    fetch_name = getattr(fetcher, "__name__", "").lstrip("_")
+    fetch_name = fetch_name if fetch_name.startswith("fetch_") else f"fetch_{name}"
     msg = (
         f"The {label} files needed by nimare-mnm were not found. Missing from {target}: "
         f"{', '.join(missing)}. Folders searched: {', '.join(searched)}. "
@@ -212,7 +370,8 @@ def _read_npz(path: str, n_rows: int) -> sp.csr_matrix:
     return matrix
 
 
-def _read_vocabulary(path: str) -> np.ndarray:
+def read_vocabulary(path: str) -> np.ndarray:
+    """Terms of a NiMARE vocabulary file, one per line."""
     with open(path, encoding="utf-8") as fh:
         return np.asarray([line.rstrip("\n") for line in fh if line.strip()], dtype=object)
 
@@ -533,36 +692,15 @@ def load_neuroquery(
     FileNotFoundError
         If the files are missing (naming them, the folders searched and how to get them).
     """
-    _check_return_type(return_type)
-    files = _locate(
-        "neuroquery",
-        "NeuroQuery v1",
-        _fetch_neuroquery,
-        NEUROQUERY_KEYWORDS,
-        _NQ_FILES,
+    return _load_corpus(
+        CORPORA["neuroquery"],
         data_dir,
-        download,
+        return_type=return_type,
+        annotations=annotations,
+        cache_dir=cache_dir,
+        download=download,
+        target=target,
     )
-    metadata = _read_table(files["metadata"], "NeuroQuery metadata")
-
-    def build():
-        abstract = _read_npz(files["abstract"], len(metadata))
-        keywords = _read_npz(files["keywords"], len(metadata))
-        vocabulary = _read_vocabulary(files["vocabulary"])
-        texts = neuroquery_texts(list(metadata["title"]), abstract, keywords, vocabulary)
-        coords = _read_table(files["coordinates"], "NeuroQuery coordinates")
-        coords["space"] = "MNI"  # NeuroQuery's peaks are reported in MNI space
-        return _tables(metadata, coords, texts, target)
-
-    studyset = _from_cache("neuroquery", files, cache_dir, target, build)
-    if annotations:
-        vocabulary = _read_vocabulary(files["vocabulary"])
-        labels = np.asarray([f"neuroquery7547_abstract_count__{t}" for t in vocabulary])
-        abstract = _read_npz(files["abstract"], len(metadata))
-        studyset = _annotate(
-            studyset, "neuroquery7547_abstract_count", labels, abstract, metadata["id"]
-        )
-    return _finish(studyset, return_type)
 
 
 def load_neurosynth(
@@ -605,34 +743,15 @@ def load_neurosynth(
     FileNotFoundError
         If the files are missing (naming them, the folders searched and how to get them).
     """
-    _check_return_type(return_type)
-    files = _locate(
-        "neurosynth",
-        "Neurosynth v7",
-        _fetch_neurosynth,
-        NEUROSYNTH_KEYWORDS,
-        _NS_FILES,
+    return _load_corpus(
+        CORPORA["neurosynth"],
         data_dir,
-        download,
+        return_type=return_type,
+        annotations=annotations,
+        cache_dir=cache_dir,
+        download=download,
+        target=target,
     )
-    metadata = _read_table(files["metadata"], "Neurosynth metadata")
-
-    def build():
-        weights = _read_npz(files["topics"], len(metadata))
-        keys = _topic_keys(files["keys"], n_words=8)
-        texts = neurosynth_texts(list(metadata["title"]), weights, keys)
-        coords = _read_table(files["coordinates"], "Neurosynth coordinates")
-        space = metadata.set_index(metadata["id"].astype(str))["space"]
-        coords["space"] = space.reindex(coords["id"].astype(str)).fillna("UNKNOWN").to_numpy()
-        return _tables(metadata, coords, texts, target)
-
-    studyset = _from_cache("neurosynth", files, cache_dir, target, build)
-    if annotations:
-        vocabulary = _read_vocabulary(files["vocabulary"])
-        labels = np.asarray([f"LDA50_abstract_weight__{t}" for t in vocabulary])
-        weights = _read_npz(files["topics"], len(metadata))
-        studyset = _annotate(studyset, "LDA50_abstract_weight", labels, weights, metadata["id"])
-    return _finish(studyset, return_type)
 
 
 # --------------------------------------------------------------------------- texts per study
@@ -756,10 +875,10 @@ def study_titles(studyset) -> pd.Series | None:
     return titles[~titles.index.duplicated()]
 
 
-def annotation_term_counts(
+def term_usage(
     studyset, group: str, threshold: float = 0.001, terms: list[str] | None = None
-) -> tuple[list[str], np.ndarray]:
-    """Terms of an annotation group and the number of studies using each.
+) -> tuple[list[str], pd.Index, sp.csr_matrix]:
+    """Which studies use which terms of an annotation group.
 
     Parameters
     ----------
@@ -768,10 +887,62 @@ def annotation_term_counts(
     group : :obj:`str`
         Label prefix of the group (NiMARE's ``<group>__<term>`` label names).
     threshold : :obj:`float`, default=0.001
-        A study uses a term when its annotation value is at least this (NiMARE's
-        ``frequency_threshold``).
+        A study uses a term when an annotation value of one of its analyses is at least this
+        (NiMARE's ``frequency_threshold``).
     terms : :obj:`list` of :obj:`str`, optional
         Only these terms.
+
+    Returns
+    -------
+    terms : :obj:`list` of :obj:`str`
+        The group's terms, in label order.
+    study_ids : :class:`pandas.Index`
+        The studies (rows), in the studyset's order.
+    usage : :class:`scipy.sparse.csr_matrix`
+        Boolean (n_studies, n_terms): study uses term.
+
+    Raises
+    ------
+    ValueError
+        No label of the group.
+    """
+    group = group.rstrip("_") + "__"
+    labels = list(studyset.get_labels()) if len(studyset.annotations) else []
+    columns = [lb for lb in labels if lb.startswith(group)]
+    if terms is not None:
+        wanted = set(terms)
+        columns = [lb for lb in columns if lb[len(group) :] in wanted]
+    if not columns and terms is None:
+        raise ValueError(
+            f"The studyset has no annotation labels starting with {group!r}; "
+            f"available groups: {sorted({lb.split('__')[0] for lb in labels})}."
+        )
+    block = studyset.label_block()
+    col = {lb: j for j, lb in enumerate(block.labels)}
+    used = sp.csr_matrix(block.values.tocsc()[:, [col[lb] for lb in columns]] >= threshold)
+    # Analyses -> studies: a study uses a term when any of its analyses does.
+    analysis_study = np.asarray(studyset.study_ids).astype(str)
+    study_ids = pd.Index(pd.unique(analysis_study))
+    to_study = sp.csr_matrix(
+        (
+            np.ones(len(analysis_study)),
+            (study_ids.get_indexer(analysis_study), np.arange(len(analysis_study))),
+        ),
+        shape=(len(study_ids), len(analysis_study)),
+    )
+    usage = sp.csr_matrix((to_study @ used.astype(np.float64)) > 0)
+    return [lb[len(group) :] for lb in columns], study_ids, usage
+
+
+def annotation_term_counts(
+    studyset, group: str, threshold: float = 0.001, terms: list[str] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Terms of an annotation group and the number of studies using each.
+
+    Parameters
+    ----------
+    studyset, group, threshold, terms
+        As for :func:`term_usage`.
 
     Returns
     -------
@@ -785,31 +956,9 @@ def annotation_term_counts(
     ValueError
         No label of the group, or no term used by any study.
     """
-    group = group.rstrip("_") + "__"
-    labels = list(studyset.get_labels()) if len(studyset.annotations) else []
-    columns = [lb for lb in labels if lb.startswith(group)]
-    if not columns:
-        raise ValueError(
-            f"The studyset has no annotation labels starting with {group!r}; "
-            f"available groups: {sorted({lb.split('__')[0] for lb in labels})}."
-        )
-    block = studyset.label_block()
-    values = block.values.tocsc()
-    col = {lb: j for j, lb in enumerate(block.labels)}
-    study_of = pd.Series(np.asarray(studyset.study_ids).astype(str))
-    wanted = set(terms) if terms is not None else None
-    found, counts = [], []
-    for label in columns:
-        term = label[len(group) :]
-        if wanted is not None and term not in wanted:
-            continue
-        j = col[label]
-        lo, hi = values.indptr[j], values.indptr[j + 1]
-        rows = values.indices[lo:hi][values.data[lo:hi] >= threshold]
-        found.append(term)
-        counts.append(study_of.iloc[rows].nunique())
-    counts = np.asarray(counts, dtype=np.int64)
+    found, _, usage = term_usage(studyset, group, threshold, terms)
+    counts = np.asarray(usage.sum(axis=0)).ravel().astype(np.int64)
     keep = counts > 0
     if not keep.any():
         raise ValueError("No term of the vocabulary is used by any study.")
-    return [str(t) for t in np.asarray(found)[keep]], counts[keep]
+    return [str(t) for t in np.asarray(found, dtype=object)[keep]], counts[keep]

@@ -26,6 +26,7 @@ __all__ = ["FWHM_TO_SIGMA", "PeakDensity", "study_coordinates"]
 
 FWHM_TO_SIGMA = 1.0 / np.sqrt(8.0 * np.log(2.0))
 
+
 # --------------------------------------------------------------------------- peaks
 def study_coordinates(studyset) -> tuple[pd.Index, np.ndarray, np.ndarray]:
     """Pool every analysis' peaks per study.
@@ -361,5 +362,3 @@ class _CSRBuilder:
         indptr = np.zeros(len(counts) + 1, dtype=self.index_dtype)
         np.cumsum(counts, out=indptr[1:])
         return sp.csr_matrix((data, indices, indptr), shape=(len(counts), self.n_cols))
-
-

@@ -144,5 +144,3 @@ class EmbeddingCache:
         self._index.clear()
         self._shards.clear()
         LGR.debug("Merged %d text cache shards into %s.", len(names), new)
-
-

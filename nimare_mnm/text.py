@@ -261,7 +261,6 @@ def validate_texts(text, max_chars: int | None = None) -> tuple[list[str], bool]
     return texts, single
 
 
-
 class TextEncoder:
     """Embed texts into L2-normalised vectors with a sentence encoder, offline by default.
 

@@ -266,4 +266,3 @@ def smoothing_operator(assignment: np.ndarray, n_components: int, fwhm: float) -
         out = sp.kron(sp.kron(factors[0], factors[1]), factors[2], format="csr") @ out
     out = sp.diags(1.0 / weight.astype(np.float64)) @ out[flat]
     return sp.csr_matrix(out, dtype=np.float32)
-

@@ -58,24 +58,11 @@ def neuroquery_vocabulary(
     FileNotFoundError
         If the NeuroQuery files are missing (naming them and how to get them).
     """
-    from nimare_mnm.datasets import (
-        _NQ_FILES,
-        NEUROQUERY_KEYWORDS,
-        _fetch_neuroquery,
-        _locate,
-        _read_vocabulary,
-    )
+    from nimare_mnm.datasets import CORPORA, locate_corpus, read_vocabulary
 
-    files = _locate(
-        "neuroquery",
-        "NeuroQuery v1",
-        _fetch_neuroquery,
-        NEUROQUERY_KEYWORDS,
-        {"vocabulary": _NQ_FILES["vocabulary"]},
-        data_dir,
-        download,
-    )
-    return [str(term) for term in _read_vocabulary(files["vocabulary"])]
+    spec = CORPORA["neuroquery"]
+    files = locate_corpus(spec, data_dir, download, {"vocabulary": spec.files["vocabulary"]})
+    return [str(term) for term in read_vocabulary(files["vocabulary"])]
 
 
 def _smoothing_matrix_sqrt(X: np.ndarray, n_components: int) -> np.ndarray:

@@ -219,25 +219,19 @@ def content_terms(
         ``terms`` (list), ``train_counts`` (training studies using each term),
         ``train_positive`` and ``test_positive`` (sparse / dense boolean studies x terms).
     """
-    from nimare_mnm.decoder import NEUROQUERY_GROUP
+    from nimare_mnm.datasets import NEUROQUERY_GROUP, term_usage
 
-    block = studyset.label_block()
-    labels = np.asarray([str(lb) for lb in block.labels])
-    columns = np.flatnonzero(np.char.startswith(labels.astype(str), NEUROQUERY_GROUP))
-    if not len(columns):
-        raise ValueError(f"The studyset has no {FEATURE_GROUP!r} annotation.")
-    row_of = pd.Index(np.asarray(studyset.study_ids).astype(str))
-    if not row_of.is_unique:
+    terms, row_of, usage = term_usage(studyset, NEUROQUERY_GROUP, frequency_threshold)
+    if len(row_of) != len(studyset.study_ids):
         raise ValueError("Expected one analysis per study (NeuroQuery's layout).")
-    values = block.values.tocsr()[:, columns] >= frequency_threshold
+    terms = np.asarray(terms)
     train_rows, test_rows = row_of.get_indexer(train_ids), row_of.get_indexer(test_ids)
     if (train_rows < 0).any() or (test_rows < 0).any():
         raise ValueError("Some training or test ids are not in the studyset.")
-    train_pos = sp.csr_matrix(values[train_rows])
-    test_pos = values[test_rows].toarray()
+    train_pos = sp.csr_matrix(usage[train_rows])
+    test_pos = usage[test_rows].toarray()
     train_counts = np.asarray(train_pos.sum(axis=0)).ravel()
     test_counts = test_pos.sum(axis=0)
-    terms = np.asarray([lb[len(NEUROQUERY_GROUP) :] for lb in labels[columns]])
     keep = (
         (train_counts > 0)
         & (train_counts <= max_train_fraction * len(train_rows))
