@@ -345,7 +345,7 @@ class MNMEncoder(NiMAREBase):
         queries = [str(q) for q in queries if str(q).strip() not in ("", "n/a")]
         calibration = "validation titles"
         if len(queries) < len(self.validation_ids_) // 2:
-            queries, calibration = [texts[i] for i in val_rows], "validation texts"
+            queries, calibration = [str(texts.iloc[i]) for i in val_rows], "validation texts"
         self.confidence_threshold_ = calibrate_threshold(self.vocabulary_, queries)
         self.training_["query_confidence"] = {
             "threshold": self.confidence_threshold_,

@@ -344,6 +344,28 @@ def test_decoder_motor_map(pretrained_decoder):
         pretrained_decoder.transform(nib.Nifti1Image(negative, motor.affine))
 
 
+def test_decoder_region_column_names_a_part_of_the_map(pretrained_decoder):
+    """A map inside one structure has no other part: every term's region is one of the two."""
+    encoder = pretrained_decoder.encoder_
+    labels = encoder.region_labels_["subcortical"]
+    amygdala = encoder.region_names_["subcortical"].index("Left_Amygdala")
+    mask = np.asanyarray(load_mask().dataobj) > 0
+    data = np.zeros(mask.shape, dtype=np.float32)
+    data[mask] = (labels == amygdala).astype(np.float32)
+    table = pretrained_decoder.transform(nib.Nifti1Image(data, load_mask().affine))
+    assert set(zip(table["level"], table["region"])) <= {
+        ("whole", "whole_brain"),
+        ("subcortical", "Left_Amygdala"),
+    }
+    # the column is the argmax of the similarity to each part
+    points, names, _ = pretrained_decoder._image_points(nib.Nifti1Image(data, load_mask().affine))
+    sim = encoder.similarity(pretrained_decoder.term_points_, points)
+    best = pd.Series([names[b][1] for b in sim.argmax(axis=1)], index=pretrained_decoder.features_)
+    pd.testing.assert_series_equal(
+        table["region"].sort_index(), best.sort_index(), check_names=False
+    )
+
+
 @requires_data
 def test_textbook_queries(pretrained, data_dir):
     """Textbook queries peak where textbooks say, and the check can fail.
@@ -450,6 +472,28 @@ def test_decoder_without_annotations_says_which_vocabulary():
         warnings.simplefilter("error")  # the user's own terms: no fallback, no warning
         own = MNMDecoder(encoder=encoder, features=["motor", "memory"]).fit(studies)
     assert own.features_ == ["motor", "memory"]
+    # A legacy NiMARE Dataset is accepted: its abstracts are the texts of its studies.
+    from nimare.dataset import Dataset
+
+    abstracts = {"s1": "finger tapping task in the motor cortex", "s2": "n-back working memory"}
+    legacy = Dataset(
+        {
+            sid: {
+                "contrasts": {
+                    "a": {
+                        "coords": {"space": "MNI", "x": [x], "y": [x], "z": [x]},
+                        "text": {"abstract": abstracts[sid]},
+                    }
+                }
+            }
+            for sid, x in (("s1", 0), ("s2", 10))
+        }
+    )
+    dec = MNMDecoder(encoder=encoder, features=["motor", "memory"]).fit(legacy)
+    assert list(dec.study_ids_) == ["s1", "s2"]
+    expected = encoder.embed_text([f"{sid}. {text}" for sid, text in abstracts.items()])
+    np.testing.assert_allclose(dec.study_points_, expected, atol=1e-5)
+    assert dec.decode_studies(motor, k=1).index[0] == "s1"
 
 
 @requires_data
