@@ -571,3 +571,28 @@ def test_decoderless_preset_chooses_neighbours_and_ranks_like_retrieve(neuroquer
     np.testing.assert_allclose(scores.to_numpy(), expected[0], atol=1e-2)
     top = enc.retrieve("motor", k=5)
     assert set(np.asarray(top.study_ids).astype(str)) == set(scores.nlargest(5).index)
+
+
+@has_pretrained
+def test_decoder_drop_invalid_leaves_out_studies_without_text():
+    from nimare.nimads import Studyset
+
+    def study(sid, text):
+        out = {"id": sid, "name": "", "analyses": [{"id": f"{sid}a", "name": "c", "points": []}]}
+        out["analyses"][0]["points"] = [{"coordinates": [0.0, 0.0, 0.0], "space": "MNI"}]
+        if text:
+            out["description"] = text
+        return out
+
+    studies = Studyset(
+        {
+            "id": "x",
+            "name": "x",
+            "studies": [study("s1", "finger tapping"), study("s2", ""), study("s3", "memory")],
+        }
+    )
+    encoder = MNMEncoder.load_pretrained(device="cpu")
+    dec = MNMDecoder(encoder=encoder, features=["motor"]).fit(studies)
+    assert list(dec.study_ids_) == ["s1", "s3"]
+    with pytest.raises(ValueError, match=r"1 studies have no title, abstract or text.*s2"):
+        MNMDecoder(encoder=encoder, features=["motor"]).fit(studies, drop_invalid=False)
