@@ -170,6 +170,7 @@ def test_retrieve_and_meta_analysis(tmp_path, data_dir, capsys):
     assert nib.load(result["meta_analysis"]["z_map"]).get_fdata().max() > 0
 
 
+@pytest.mark.slow
 @requires_data
 def test_fit_small_model_then_use_it(tmp_path, data_dir, capsys):
     model = tmp_path / "model"
@@ -195,6 +196,7 @@ def test_fit_small_model_then_use_it(tmp_path, data_dir, capsys):
     assert "memory" in encoded["queries"]
 
 
+@pytest.mark.slow
 @requires_data
 @needs_pretrained
 def test_demo_with_corpus(tmp_path, data_dir, capsys):

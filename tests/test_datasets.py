@@ -170,6 +170,7 @@ def test_fast_path_equals_nimare_conversion(data_dir, tmp_path):
     assert len(dset.coordinates) == len(expected)
 
 
+@pytest.mark.slow
 @requires_data
 def test_real_neuroquery(neuroquery):
     ss = neuroquery

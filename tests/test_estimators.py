@@ -200,6 +200,7 @@ def test_pretrained_is_small_and_records_its_split():
     assert ids_digest(ids) == training["study_ids_sha256"]
 
 
+@pytest.mark.slow
 @has_pretrained
 @requires_data
 def test_pretrained_never_saw_the_test_split(neuroquery):
