@@ -1,4 +1,4 @@
-"""The ``nimare-mnm`` command line: demo, encode, decode, retrieve, fit and evaluate."""
+"""The ``nimare-mnm`` command line: demo, encode, decode, retrieve, fit, serve and evaluate."""
 
 from __future__ import annotations
 
@@ -241,6 +241,21 @@ def _fit(args) -> dict:
     }
 
 
+def _serve(args) -> dict:
+    from nimare_mnm.web import serve
+
+    serve(
+        model=args.model,
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        n_studies=args.studies,
+        log_level="warning" if args.quiet else "info",
+    )
+    return {}
+
+
 def _evaluate(args) -> dict:
     try:
         from nimare_mnm.experiments.benchmark import BenchmarkConfig, run_benchmark
@@ -365,6 +380,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-studies", type=non_negative_int, default=0, help="random subset (quick check)"
     )
 
+    srv = sub.add_parser(
+        "serve",
+        help="a local web page: type a query, see its map; upload a map, see its terms",
+        description="Serve the web app (needs the web extra: pip install 'nimare-mnm[web]'). "
+        "It listens on this machine only unless --host says otherwise.",
+    )
+    srv.add_argument(
+        "--data-dir",
+        default=data_default,
+        help="folder with neuroquery/ (and neurosynth/): also list and download studies",
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="address (default: this machine only)")
+    srv.add_argument(
+        "--port", type=non_negative_int, default=0, help="port (default 0: a free port)"
+    )
+    srv.add_argument(
+        "--studies", type=positive_int, default=20, help="studies listed per query or map"
+    )
+
     ev = sub.add_parser(
         "evaluate", help="the benchmark: every row on the protocol's split, seeds, intervals"
     )
@@ -393,6 +427,7 @@ COMMANDS = {
     "decode": _decode,
     "retrieve": _retrieve,
     "fit": _fit,
+    "serve": _serve,
     "evaluate": _evaluate,
 }
 
@@ -427,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "text", None) is not None and not args.text.strip():
             raise ValueError("the query must not be empty")
         result = COMMANDS[args.command](args)
-    except (FileNotFoundError, ValueError, TypeError, OSError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
         print(f"nimare-mnm: error: {exc}", file=sys.stderr)
         return 2
     if args.json:

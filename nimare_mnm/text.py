@@ -51,6 +51,9 @@ _PLAIN_MAX_LENGTH = 512
 _WINDOW_OVERLAP = 32
 # Texts that need encoding above which the progress bar shows (show_progress=None).
 _PROGRESS_MIN_TEXTS = 256
+# Embedding runs this large or this long are logged at INFO; smaller ones (queries) at DEBUG.
+_LOG_MIN_TEXTS = 100
+_LOG_MIN_SECONDS = 5.0
 # Version of the cache layout and of the pooling rules; bump it to invalidate old caches.
 _CACHE_FORMAT = 1
 
@@ -684,7 +687,10 @@ class TextEncoder:
         np.add.at(acc, np.asarray(owners), vectors * np.asarray(weights)[:, None])
         acc /= np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-12)
         elapsed = time.perf_counter() - start
-        LGR.info(
+        # INFO for long work only (a corpus); a query or a handful of them logs at DEBUG.
+        long_work = len(texts) >= _LOG_MIN_TEXTS or elapsed >= _LOG_MIN_SECONDS
+        LGR.log(
+            logging.INFO if long_work else logging.DEBUG,
             "Embedded %d texts (%d windows) in %.1f s (%.0f texts/s).",
             len(texts),
             len(windows),
