@@ -446,11 +446,18 @@ class MNMEncoder(NiMAREBase):
     def masker_(self):
         """NiftiMasker of the MNI152 2 mm brain mask that every map lives in."""
         if getattr(self, "_masker", None) is None:
+            import nibabel as nib
             from nimare.utils import get_masker
 
             from nimare_mnm.atlases import load_mask
 
-            self._masker = get_masker(load_mask())
+            # The mask's header says uint8; images unmasked with it copy that header, and
+            # nibabel would save a float map as uint8 with a scale factor (errors up to
+            # 0.02 z). A float32 header makes every map this masker writes exact.
+            mask = load_mask()
+            mask = nib.Nifti1Image(np.asanyarray(mask.dataobj), mask.affine, mask.header)
+            mask.set_data_dtype(np.float32)
+            self._masker = get_masker(mask)
         return self._masker
 
     def similarity(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:

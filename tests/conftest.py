@@ -80,3 +80,11 @@ def make_studyset(peaks_by_study, texts=None, abstracts=None):
             study["description"] = abstracts[i]
         studies.append(study)
     return Studyset({"id": "synthetic", "name": "synthetic", "studies": studies})
+
+
+@pytest.fixture(scope="session")
+def pretrained_decoder():
+    """The shipped model, loaded once for the tests that only read it."""
+    from nimare_mnm import MNMDecoder
+
+    return MNMDecoder.load_pretrained(device="cpu")

@@ -174,6 +174,20 @@ def pretrained_decoder():
     return MNMDecoder.load_pretrained(device="cpu")
 
 
+def test_saved_maps_are_the_predicted_values(pretrained, tmp_path):
+    # The brain mask's header is uint8: maps unmasked with it used to be saved as uint8 with
+    # a scale factor, off by up to 0.02 z once written.
+    import nibabel as nib
+
+    result = pretrained.transform("working memory")
+    for name in result.maps:
+        img = result.get_map(name)
+        img.to_filename(tmp_path / f"{name}.nii.gz")
+        saved = nib.load(tmp_path / f"{name}.nii.gz")
+        assert saved.get_data_dtype() == np.float32
+        np.testing.assert_array_equal(saved.get_fdata(), img.get_fdata())
+
+
 def _pretrained_training_ids():
     """The study ids stored in the shipped checkpoint, and its configuration."""
     from safetensors.numpy import load_file

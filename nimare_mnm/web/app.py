@@ -4,7 +4,8 @@ Routes (all ``GET`` unless said otherwise):
 
 ``/``
     The search page; ``/?q=working+memory`` is a permalink to a query's results
-    (``&map=z_level-yeo7`` picks a level's map).
+    (``&map=z_level-yeo7`` picks a level's map). ``POST`` with a form field ``q`` takes a
+    text too long for a URL.
 ``/viewer``, ``/glass.png``
     nilearn's interactive viewer and a glass brain of a query's map (``q``, ``map``).
 ``/download/map.nii.gz``, ``/download/levels.tsv``, ``/download/studies.tsv``,
@@ -48,6 +49,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from nimare_mnm import __version__
+from nimare_mnm.confidence import MAX_QUERY_CHARS
 from nimare_mnm.web.figures import glass_brain_png, viewer_html, warm_up
 from nimare_mnm.web.service import MNMService, Prediction
 
@@ -293,9 +295,10 @@ def create_app(service: MNMService, max_upload_bytes: int = MAX_UPLOAD_BYTES):
     def link(path: str, **params) -> str:
         return f"{path}?{urlencode({k: v for k, v in params.items() if v is not None})}"
 
-    async def _prediction(request: Request) -> Prediction:
-        """Predict the query of ``?q=`` off the event loop; 400 on a bad query."""
-        text = request.query_params.get("q", "")
+    async def _prediction(request: Request, text: str | None = None) -> Prediction:
+        """Predict the query (``?q=`` by default) off the event loop; 400 on a bad query."""
+        if text is None:
+            text = request.query_params.get("q", "")
         try:
             text = MNMService.check_query(text)
         except ValueError as exc:
@@ -311,10 +314,21 @@ def create_app(service: MNMService, max_upload_bytes: int = MAX_UPLOAD_BYTES):
         return name
 
     async def home(request: Request) -> Response:
-        if "q" not in request.query_params:
+        text = None
+        if request.method == "POST":
+            # Texts too long for a URL (a whole abstract) may be posted as a form.
+            try:
+                form = await request.form(max_files=0, max_fields=4)
+            except Exception as exc:  # noqa: BLE001 - Starlette's errors for bad form bodies
+                raise _BadInput(
+                    f"Could not read the query ({exc}): at most {MAX_QUERY_CHARS:,} characters "
+                    "are accepted."
+                ) from None
+            text = str(form.get("q", ""))
+        elif "q" not in request.query_params:
             return _page("index.html", **common, query="", prediction=None)
         map_name = _map_name(request)
-        prediction = await _prediction(request)
+        prediction = await _prediction(request, text)
         q = prediction.text
         return _page(
             "index.html",
@@ -483,7 +497,7 @@ def create_app(service: MNMService, max_upload_bytes: int = MAX_UPLOAD_BYTES):
     static = StaticFiles(directory=str(files("nimare_mnm.web") / "static"))
     app = Starlette(
         routes=[
-            Route("/", home),
+            Route("/", home, methods=["GET", "POST"]),
             Route("/viewer", viewer),
             Route("/glass.png", glass),
             Route("/download/map.nii.gz", download_map),

@@ -10,7 +10,6 @@ the same prediction.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import warnings
@@ -117,11 +116,6 @@ class MNMService:
         self._cache: OrderedDict[str, Prediction] = OrderedDict()
         # Warm the text model and every lazily built structure with one query.
         self._predict("brain")
-        # What is alive now lives as long as the server: keep it out of the garbage collector's
-        # full passes, which nilearn triggers on every image it reads (gc.collect() over the
-        # model's objects costs about a second per viewer; after freeze, milliseconds).
-        gc.collect()
-        gc.freeze()
 
     # ------------------------------------------------------------------ construction
     @classmethod
