@@ -108,9 +108,9 @@ def test_downloads_equal_the_python_api(client, pretrained_decoder):
     for name in ("z", "z_level-yeo7"):
         response = client.get("/download/map.nii.gz", params={"q": QUERY, "map": name})
         assert response.status_code == 200
-        assert f'filename="working_memory_{name}.nii.gz"' in response.headers[
-            "content-disposition"
-        ]
+        assert (
+            f'filename="working_memory_{name}.nii.gz"' in response.headers["content-disposition"]
+        )
         img = nib.Nifti1Image.from_bytes(gzip.decompress(response.content))
         np.testing.assert_allclose(img.get_fdata(), expected.get_map(name).get_fdata())
     tsv = client.get("/download/levels.tsv", params={"q": QUERY})
