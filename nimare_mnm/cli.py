@@ -318,7 +318,7 @@ def _print(result: dict) -> None:
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``nimare-mnm`` command."""
-    data_default = os.environ.get("NIMARE_MNM_DATA")
+    data_default = os.environ.get("NIMARE_MNM_DATA") or None  # unset or empty: none
     parser = argparse.ArgumentParser(
         prog="nimare-mnm",
         description="Multi-level neuroimaging meta-analysis with hyperbolic brain-text "

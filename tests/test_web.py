@@ -341,3 +341,45 @@ def test_with_studies_the_page_lists_and_downloads_them(pretrained_decoder, data
 
     decoded = client.get("/decode", params={"sample": "motor"})
     assert decoded.text.count('<tr class="study">') == 10
+
+
+# --------------------------------------------------------------------------- the command
+@pytest.mark.slow
+def test_serve_command_prints_its_address_and_answers(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = {**os.environ, "NIMARE_MNM_DATA": ""}  # no studies: the pretrained model alone
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nimare_mnm.cli", "--quiet", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = server.stdout.readline()
+        assert "nimare-mnm serving on http://127.0.0.1:" in line, server.stderr.read()
+        assert "this machine only" in line and "no studies" in line
+        url = line.split("serving on ")[1].split()[0]
+        with urllib.request.urlopen(url + "?q=reading", timeout=60) as response:
+            page = response.read().decode()
+        assert response.status == 200 and "<h1>reading</h1>" in page
+        with urllib.request.urlopen(url + "viewer?q=reading", timeout=60) as response:
+            assert "brainsprite" in response.read().decode().lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_serve_refuses_a_port_in_use():
+    from nimare_mnm.web import bind
+
+    taken = bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(OSError, match="Cannot listen on 127.0.0.1:"):
+            bind("127.0.0.1", taken.getsockname()[1])
+    finally:
+        taken.close()

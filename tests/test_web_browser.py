@@ -12,14 +12,13 @@ import pytest
 pytest.importorskip("starlette", reason="the web extra is not installed")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 
+from conftest import DATA_DIR  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from nimare_mnm.web import create_app, running  # noqa: E402
 from nimare_mnm.web.service import MNMService  # noqa: E402
-
-from conftest import DATA_DIR  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
