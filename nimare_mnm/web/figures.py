@@ -77,7 +77,7 @@ def viewer_html(img: nib.Nifti1Image, threshold: float = THRESHOLD) -> str:
             symmetric_cmap=True,
             colorbar=True,
             title=None,
-            width_view=550,
+            width_view=530,
         )
     return view.get_standalone()
 
