@@ -2,21 +2,18 @@
 
 Routes (all ``GET`` unless said otherwise):
 
-``/``
-    The search page; ``/?q=working+memory`` is a permalink to a query's results
-    (``&map=z_level-yeo7`` picks a level's map). ``POST`` with a form field ``q`` takes a
-    text too long for a URL.
-``/viewer``, ``/glass.png``
-    nilearn's interactive viewer and a glass brain of a query's map (``q``, ``map``).
-``/download/map.nii.gz``, ``/download/levels.tsv``, ``/download/studies.tsv``,
-``/download/studyset.json``
-    The map, the level table, the retrieved studies, and those studies as a NiMARE Studyset
-    (``k`` of them, default 50) that ``ALE`` and ``MKDADensity`` fit.
-``/decode``
-    A form to upload a NIfTI map (``POST``), or ``/decode?sample=motor`` for nilearn's
-    sample motor map: ranked terms and the nearest studies.
-``/api/query``
-    The query's figures as JSON (what the page shows, for scripts).
+- ``/``: the search page; ``/?q=working+memory`` is a permalink to a query's results
+  (``&map=z_level-yeo7`` picks a level's map). ``POST`` with a form field ``q`` takes a text
+  too long for a URL.
+- ``/viewer`` and ``/glass.png``: nilearn's interactive viewer and a glass brain of a query's
+  map (``q``, ``map``).
+- ``/download/map.nii.gz``, ``/download/levels.tsv``, ``/download/studies.tsv`` and
+  ``/download/studyset.json``: the map, the level table, the retrieved studies, and those
+  studies as a NiMARE Studyset (``k`` of them, default 50) that ``ALE`` and ``MKDADensity``
+  fit.
+- ``/decode``: a form to upload a NIfTI map (``POST``), or ``/decode?sample=motor`` for
+  nilearn's sample motor map: ranked terms and the nearest studies.
+- ``/api/query``: the query's figures as JSON (what the page shows, for scripts).
 
 Bad input (an empty or overlong query, a file that is not a 3D NIfTI map in MNI space, an
 upload over :data:`MAX_UPLOAD_BYTES`, an unknown path) gets a page saying what is wrong and a
