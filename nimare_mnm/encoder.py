@@ -207,7 +207,7 @@ class MNMEncoder(NiMAREBase):
         from nimare_mnm.features import corpus_arrays
         from nimare_mnm.levels import LevelLayout
         from nimare_mnm.presets import preset as get_preset
-        from nimare_mnm.training import TrainConfig, query_views, train
+        from nimare_mnm.training import TrainConfig, default_val_rows, query_views, train
         from nimare_mnm.vectorizer import BrainVectorizer
 
         t0 = time.perf_counter()
@@ -262,13 +262,28 @@ class MNMEncoder(NiMAREBase):
                 [v for row in query_views(arrays.texts, seed=self.seed) for v in row]
             )
             views = views.reshape(len(arrays.ids), -1, views.shape[1])
+        text, brain, val_rows, term_maps = arrays.text, arrays.brain, None, None
+        if spec.term_maps:
+            # (term, term map) pairs join the training rows; the maps are built from the
+            # training rows only, never from the rows training validates on.
+            val_rows = default_val_rows(len(arrays.ids), train_config)
+            term_maps, term_text = _term_pairs(
+                studyset, arrays, val_rows, spec.term_maps, self.get_text_encoder()
+            )
+            if term_maps is not None:
+                text = np.concatenate([text, term_text])
+                brain = np.concatenate([brain, term_maps.maps])
+                if views is not None:
+                    term_views = np.repeat(term_text[:, None], views.shape[1], axis=1)
+                    views = np.concatenate([views, term_views])
         result = train(
-            arrays.text,
-            arrays.brain,
+            text,
+            brain,
             model_config=model_config,
             loss_config=spec.loss,
             train_config=train_config,
             layout=layout,
+            val_rows=val_rows,
             text_views=views,
         )
         self._set_fitted(
@@ -309,6 +324,12 @@ class MNMEncoder(NiMAREBase):
             "loss": spec.loss.to_dict(),
             "train_config": train_config.to_dict(),
         }
+        if term_maps is not None:
+            self.training_["term_maps"] = {
+                "min_studies": spec.term_maps,
+                "n_terms": len(term_maps),
+                "source_ids_sha256": ids_digest(term_maps.study_ids),
+            }
         try:
             self._fit_vocabulary(studyset, arrays.texts, result.val_rows)
         except ValueError as exc:  # a finished training run is not lost for it
@@ -1054,6 +1075,44 @@ def fit_meta_analysis(estimator, studies):
         return estimator.fit(studies)
     finally:
         logger.removeFilter(quiet)
+
+
+def _term_pairs(studyset, arrays, val_rows, min_studies: int, text_encoder):
+    """Term maps of the training rows (not ``val_rows``) and the terms' text embeddings.
+
+    The terms are NeuroQuery's vocabulary as annotated by :func:`load_neuroquery
+    <nimare_mnm.datasets.load_neuroquery>`; a studyset without that annotation gets a
+    warning and no pairs, ``(None, None)``.
+    """
+    import warnings
+
+    from nimare_mnm.datasets import NEUROQUERY_GROUP, term_usage
+    from nimare_mnm.term_maps import build_term_maps
+
+    try:
+        terms, usage_ids, usage = term_usage(studyset, NEUROQUERY_GROUP)
+    except ValueError as exc:
+        warnings.warn(f"No term maps to train on: {exc}", UserWarning, stacklevel=3)
+        return None, None
+    rows = usage_ids.get_indexer(np.asarray(arrays.ids).astype(str))
+    if (rows < 0).any():
+        raise ValueError("Some training studies have no term annotation row.")
+    train_ids = np.delete(np.asarray(arrays.ids).astype(str), val_rows)
+    try:
+        maps = build_term_maps(
+            arrays.ids,
+            arrays.brain,
+            usage[rows],
+            terms,
+            train_ids=train_ids,
+            min_studies=min_studies,
+        )
+    except ValueError as exc:
+        warnings.warn(f"No term maps to train on: {exc}", UserWarning, stacklevel=3)
+        return None, None
+    maps.check_excludes(np.asarray(arrays.ids)[val_rows])
+    LGR.info("Training on %d term maps (terms used by >= %d studies).", len(maps), min_studies)
+    return maps, np.asarray(text_encoder.encode(list(maps.terms)), dtype=np.float32)
 
 
 def _zscore_rows(maps: np.ndarray) -> np.ndarray:

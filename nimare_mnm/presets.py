@@ -39,6 +39,11 @@ class Preset:
     query_views : :obj:`bool`, default=False
         Also train on short views of each study (title, keywords, a few terms), see
         :func:`nimare_mnm.training.query_views`.
+    term_maps : :obj:`int`, default=0
+        Also train on (term, term map) pairs: every NeuroQuery vocabulary term used by at
+        least this many training studies, paired with the mean brain map of those studies
+        (:func:`nimare_mnm.term_maps.build_term_maps`, never the validation studies); 0
+        turns it off.
     """
 
     loss: LossConfig
@@ -47,10 +52,13 @@ class Preset:
     model: Mapping = field(default_factory=dict)
     train: Mapping = field(default_factory=dict)
     query_views: bool = False
+    term_maps: int = 0
 
     def __post_init__(self) -> None:
         if self.geometry not in ("lorentz", "euclidean"):
             raise ValueError(f"geometry must be 'lorentz' or 'euclidean', got {self.geometry!r}.")
+        if not isinstance(self.term_maps, int) or self.term_maps < 0:
+            raise ValueError(f"term_maps must be an integer >= 0, got {self.term_maps!r}.")
         object.__setattr__(self, "model", MappingProxyType(dict(self.model)))
         object.__setattr__(self, "train", MappingProxyType(dict(self.train)))
 
@@ -89,6 +97,22 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             geometry="lorentz",
             decoder=True,
             query_views=True,
+        ),
+        # Model v2 candidate: the shipped preset plus (term, term map) training pairs, so
+        # that short queries learn from low-noise targets. Measured on the validation split
+        # only (benchmarks/results notes); not the default.
+        "nimare-mnm-terms": Preset(
+            loss=LossConfig(
+                contrastive="angle",
+                symmetric=True,
+                w_entail_text_brain=0.1,
+                w_entail_levels=0.05,
+                w_view_order=0.1,
+            ),
+            geometry="lorentz",
+            decoder=True,
+            query_views=True,
+            term_maps=20,
         ),
         # MNM as its repository trains it: one-directional exterior-angle contrastive,
         # centroid regulariser 0.5, hierarchy penalty 30, dropout 0.6, weight decay 0.05,

@@ -45,6 +45,7 @@ __all__ = [
     "TrainResult",
     "fit_linear_decoder",
     "query_views",
+    "default_val_rows",
     "resolve_device",
     "train",
 ]
@@ -191,6 +192,12 @@ def _check_grads(model: torch.nn.Module, step: int, epoch: int) -> None:
             )
 
 
+def default_val_rows(n: int, config: TrainConfig) -> np.ndarray:
+    """Rows :func:`train` validates on when given none: a seeded ``val_fraction`` of ``n``."""
+    perm = np.random.default_rng(config.seed + 1).permutation(n)
+    return np.sort(perm[: max(1, int(n * config.val_fraction))])
+
+
 def train(
     text: np.ndarray,
     brain: np.ndarray,
@@ -282,8 +289,7 @@ def train(
 
     n = len(text)
     if val_rows is None:
-        perm = np.random.default_rng(cfg.seed + 1).permutation(n)
-        val_rows = np.sort(perm[: max(1, int(n * cfg.val_fraction))])
+        val_rows = default_val_rows(n, cfg)
     val_rows = np.asarray(val_rows, dtype=np.int64)
     fit_rows = np.setdiff1d(np.arange(n), val_rows)
     if cfg.batch_size % world:

@@ -67,6 +67,8 @@ NEURAL_ROWS: dict[str, dict] = {
         "params": {"batch_size": 4096, "learning_rate": 1e-4, "epochs": 200},
     },
     "nimare-mnm": {"preset": "nimare-mnm", "params": {}},
+    # Model v2 candidate: the same plus (term, term map) training pairs.
+    "nimare-mnm + term maps": {"preset": "nimare-mnm-terms", "params": {}},
 }
 
 #: Every row, in table order.
