@@ -18,7 +18,14 @@ import os
 import time
 from pathlib import Path
 
-from nimare_mnm.experiments.benchmark import ROWS, BenchmarkConfig, run_benchmark, write_reports
+from nimare_mnm.experiments.benchmark import (
+    MODEL,
+    NEURAL_ROWS,
+    ROWS,
+    BenchmarkConfig,
+    run_benchmark,
+    write_reports,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,6 +37,9 @@ def main():
     parser.add_argument("--split", choices=("validation", "test"), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument(
+        "--model", default=MODEL, choices=list(NEURAL_ROWS), help="the row compared with the rest"
+    )
     parser.add_argument("--n-studies", type=int, default=None, help="subset (quick checks)")
     parser.add_argument("--epochs", type=int, default=None, help="epoch cap (quick checks)")
     parser.add_argument(
@@ -52,6 +62,7 @@ def main():
             seeds=tuple(args.seeds),
             n_studies=args.n_studies,
             epochs=args.epochs,
+            model=args.model,
         )
         run_benchmark(config, out_dir=args.out)
         print(f"total: {time.perf_counter() - t0:.0f} s")

@@ -208,3 +208,10 @@ def test_evaluate_command(data_dir, tmp_path, capsys):
     assert list(saved["rows"]) == ["average training map", "ridge on frozen MiniLM", "MERU"]
     assert saved["settings"]["n_studies"] == 2000 and saved["settings"]["epochs"] == 1
     _assert_above_chance(saved, ["ridge on frozen MiniLM"])
+
+
+def test_config_names_the_compared_row():
+    assert BenchmarkConfig().model == MODEL
+    assert BenchmarkConfig(model="nimare-mnm + term maps").model == "nimare-mnm + term maps"
+    with pytest.raises(ValueError, match="model must be a neural row"):
+        BenchmarkConfig(model=FLOORS[0])

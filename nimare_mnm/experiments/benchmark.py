@@ -128,6 +128,9 @@ class BenchmarkConfig:
         Studies retrieved per query for the retrieval map figure (``retrieve``'s default).
     n_bootstrap : :obj:`int`, default=1000
         Resamples of the paired bootstrap.
+    model : :obj:`str`, default="nimare-mnm"
+        The neural row that the paired comparisons, the decoding benchmark and the verdicts
+        are about (a candidate can be compared with every other row this way).
     """
 
     data_dir: str | None = None
@@ -142,6 +145,7 @@ class BenchmarkConfig:
     correlation_decoder_terms: int = 100
     retrieve_k: int = 50
     n_bootstrap: int = 1000
+    model: str = MODEL
 
     def __post_init__(self) -> None:
         if self.split not in ("test", "validation"):
@@ -151,6 +155,8 @@ class BenchmarkConfig:
             raise ValueError(f"Unknown rows {sorted(unknown)}; choose from {list(ROWS)}.")
         if not self.seeds:
             raise ValueError("At least one seed is needed.")
+        if self.model not in NEURAL_ROWS:
+            raise ValueError(f"model must be a neural row, one of {list(NEURAL_ROWS)}.")
 
 
 # --------------------------------------------------------------------------- data
@@ -528,19 +534,19 @@ def _aggregate(runs: list[dict]) -> dict:
     return out
 
 
-def _comparisons(results: dict, n_test: int, n_boot: int) -> dict:
-    """Paired bootstrap of nimare-mnm minus the best other row, per figure."""
-    if MODEL not in results:
+def _comparisons(results: dict, n_test: int, n_boot: int, model: str = MODEL) -> dict:
+    """Paired bootstrap of ``model`` minus the best other row, per figure."""
+    if model not in results:
         return {}
     out = {}
     for metric in PER_STUDY:
         others = {
-            name: r for name, r in results.items() if name != MODEL and metric in r["per_study"]
+            name: r for name, r in results.items() if name != model and metric in r["per_study"]
         }
         if not others:
             continue
         best = max(others, key=lambda n: float(np.mean(others[n]["per_study"][metric])))
-        a = results[MODEL]["per_study"][metric]
+        a = results[model]["per_study"][metric]
         b = others[best]["per_study"][metric]
         out[metric] = {"against": best, **_mean_difference(a, b, n_test, n_boot)}
     return out
@@ -632,7 +638,7 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
                 if nq_future is not None and nq_future.done():
                     torch.set_num_threads(threads)  # NeuroQuery's core is free again
                 runs.append(_neural_run(data, cfg, name, seed))
-            if name == MODEL:
+            if name == cfg.model:
                 decoders = [run["decoder"] for run in runs]
             per_study = {
                 m: np.mean([run["per_study"][m] for run in runs], axis=0) for m in PER_STUDY
@@ -682,7 +688,7 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
         "scored_ids_disjoint_from_shipped_model": _shipped_model_disjoint(data.test.ids),
         "chance_recall@10": 100.0 * 10 / n_test,
         "rows": rows,
-        "comparisons": _comparisons(results, n_test, cfg.n_bootstrap),
+        "comparisons": _comparisons(results, n_test, cfg.n_bootstrap, cfg.model),
         "decoding": decoding,
         "settings": {k: v for k, v in asdict(cfg).items() if k != "data_dir"},
         "total_seconds": time.perf_counter() - t_start,
@@ -763,6 +769,11 @@ def _ci_sentence(metric: str, comp: dict, model: str = MODEL) -> str:
     )
 
 
+def _model_row(run: dict) -> str:
+    """Return the row a run's comparisons are about (older runs: nimare-mnm)."""
+    return run.get("settings", {}).get("model", MODEL)
+
+
 def verdicts(run: dict) -> list[str]:
     """Verdict lines: comparisons from the paired intervals, targets from the seed means."""
     lines = ["## Verdicts", ""]
@@ -770,8 +781,8 @@ def verdicts(run: dict) -> list[str]:
     comparisons.update(run.get("decoding", {}).get("comparisons", {}))
     for metric in ("text_to_brain_recall@10", "map_r", "per_term_auc", "per_term_auc_subset"):
         if metric in comparisons:
-            lines.append(_ci_sentence(metric, comparisons[metric]))
-    model = run["rows"].get(MODEL)
+            lines.append(_ci_sentence(metric, comparisons[metric], _model_row(run)))
+    model = run["rows"].get(_model_row(run))
     if model is None:
         return lines
     floors = [run["rows"][f]["map_r"] for f in FLOORS if f in run["rows"]]
@@ -916,7 +927,7 @@ def write_reports(run: dict, out_dir) -> dict[str, Path]:
     for ax, (key, label) in zip(axes, panels):
         values = [rows[n].get(key, np.nan) for n in names]
         errors = [rows[n].get(f"{key}_sd", 0.0) for n in names]
-        colors = ["tab:red" if n == MODEL else "tab:gray" for n in names]
+        colors = ["tab:red" if n == _model_row(run) else "tab:gray" for n in names]
         ax.barh(names, values, xerr=errors, color=colors)
         ax.set_xlabel(label)
     axes[0].invert_yaxis()
