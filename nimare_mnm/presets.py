@@ -74,46 +74,35 @@ class Preset:
         )
 
 
+# Exterior-angle contrastive in both directions: on the NeuroQuery validation split (10
+# epochs, no level term) it reached Recall@10 13.3 % against 9.9 % by distance. The linear
+# decoder is fitted in closed form after training, so no reconstruction term. Query views
+# (title, keywords, a few terms), validation split, same seed, against no views: Recall@10
+# with the title as query 8.4 -> 9.0 %, with the keywords 8.0 -> 9.1 %, with a few terms
+# 5.4 -> 6.4 %, full text 13.1 -> 13.9 %. Views alone pushed single words farther from the
+# origin than sentences (term radius vs frequency rho +0.11); the view order term undoes it
+# (-0.05 for the shipped model). A weight of 1.0 instead of 0.1 pushed the terms so near the
+# origin that decoding suffered.
+_NIMARE_MNM = Preset(
+    loss=LossConfig(
+        contrastive="angle",
+        symmetric=True,
+        w_entail_text_brain=0.1,
+        w_entail_levels=0.05,
+        w_view_order=0.1,
+    ),
+    geometry="lorentz",
+    decoder=True,
+    query_views=True,
+)
+
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
-        # Exterior-angle contrastive in both directions: on the NeuroQuery validation split
-        # (10 epochs, no level term) it reached Recall@10 13.3 % against 9.9 % by distance.
-        # The linear decoder is fitted in closed form after training, so no reconstruction
-        # term. Query views (title, keywords, a few terms), validation split, same seed,
-        # against no views: Recall@10 with the title as query 8.4 -> 9.0 %, with the
-        # keywords 8.0 -> 9.1 %, with a few terms 5.4 -> 6.4 %, full text 13.1 -> 13.9 %.
-        # Views alone pushed single words farther from the origin than sentences (term
-        # radius vs frequency rho +0.11); the view order term undoes it (-0.05 for the
-        # shipped model). A weight of 1.0 instead of 0.1 pushed the terms so near the origin
-        # that decoding suffered.
-        "nimare-mnm": Preset(
-            loss=LossConfig(
-                contrastive="angle",
-                symmetric=True,
-                w_entail_text_brain=0.1,
-                w_entail_levels=0.05,
-                w_view_order=0.1,
-            ),
-            geometry="lorentz",
-            decoder=True,
-            query_views=True,
-        ),
+        "nimare-mnm": _NIMARE_MNM,
         # Model v2 candidate: the shipped preset plus (term, term map) training pairs, so
         # that short queries learn from low-noise targets. Measured on the validation split
-        # only (benchmarks/results notes); not the default.
-        "nimare-mnm-terms": Preset(
-            loss=LossConfig(
-                contrastive="angle",
-                symmetric=True,
-                w_entail_text_brain=0.1,
-                w_entail_levels=0.05,
-                w_view_order=0.1,
-            ),
-            geometry="lorentz",
-            decoder=True,
-            query_views=True,
-            term_maps=20,
-        ),
+        # only (benchmarks/results/term-maps-validation); not the default.
+        "nimare-mnm-terms": replace(_NIMARE_MNM, term_maps=20),
         # MNM as its repository trains it: one-directional exterior-angle contrastive,
         # centroid regulariser 0.5, hierarchy penalty 30, dropout 0.6, weight decay 0.05,
         # every epoch run and the best kept (no early stopping; here the best on
