@@ -79,6 +79,11 @@ class MNMConfig:
         Initial value of the learnable factors applied to the text and brain tangent vectors
         before the exponential map. 0.25 gives initial radii near 1; on NeuroQuery it
         reached 9.1 % validation Recall@10 against 8.1 % with MERU's 1/sqrt(embed_dim).
+    min_text_radius : :obj:`float`, default=0.0
+        Smallest distance of a text point to the origin (Lorentz geometry; 0: none): the
+        text tangent vector's norm is shifted by this much. Text points nearer the origin
+        than about ``0.2 / sqrt(c)`` have entailment cones saturated at pi/2, which
+        constrain nothing.
     """
 
     text_dim: int
@@ -95,6 +100,7 @@ class MNMConfig:
     decoder_kind: str = "linear"
     n_level_tokens: int = 4
     input_scale: float = 0.25
+    min_text_radius: float = 0.0
 
     def __post_init__(self) -> None:
         if self.geometry not in ("lorentz", "euclidean"):
@@ -103,6 +109,8 @@ class MNMConfig:
             raise ValueError(f"decoder_kind must be 'linear' or 'mlp', got {self.decoder_kind!r}.")
         if not 0.1 <= self.curvature <= 10.0:
             raise ValueError(f"curvature must be in [0.1, 10], got {self.curvature}.")
+        if self.min_text_radius < 0:
+            raise ValueError(f"min_text_radius must be >= 0, got {self.min_text_radius}.")
         if self.text_dim <= 0 or self.brain_dim <= 0 or self.embed_dim <= 0:
             raise ValueError("text_dim, brain_dim and embed_dim must be positive.")
 
@@ -209,16 +217,22 @@ class MNMModel(nn.Module):
         return [self.log_c, self.log_logit_scale, self.log_text_alpha, self.log_brain_alpha]
 
     # ------------------------------------------------------------------ encoders
-    def _lift(self, tangent: torch.Tensor, log_alpha: torch.Tensor) -> torch.Tensor:
+    def _lift(
+        self, tangent: torch.Tensor, log_alpha: torch.Tensor, min_norm: float = 0.0
+    ) -> torch.Tensor:
         # Geometry in full fp32 whatever the surrounding precision.
         tangent = tangent.float() * log_alpha.exp().float()
         if self.config.geometry == "euclidean":
             return torch.nn.functional.normalize(tangent, dim=-1)
+        if min_norm > 0:
+            # |v| -> |v| + min_norm: the point's distance to the origin is at least min_norm.
+            norm = tangent.norm(dim=-1, keepdim=True).clamp_min(lorentz.eps_for(tangent.dtype))
+            tangent = tangent * (1.0 + min_norm / norm)
         return lorentz.expmap0(tangent, self.curvature.float())
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """Points (space coordinates) of text embeddings, shape (n, embed_dim)."""
-        return self._lift(self.text_head(text), self.log_text_alpha)
+        return self._lift(self.text_head(text), self.log_text_alpha, self.config.min_text_radius)
 
     def _brain_hidden(self, pre: torch.Tensor, level: torch.Tensor | int) -> torch.Tensor:
         token = self.level_token(torch.as_tensor(level, device=pre.device))

@@ -103,6 +103,9 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         # that short queries learn from low-noise targets. Measured on the validation split
         # only (benchmarks/results/term-maps-validation); not the default.
         "nimare-mnm-terms": replace(_NIMARE_MNM, term_maps=20),
+        # Model v2 candidate: text points kept at least 0.5 from the origin, out of the zone
+        # where entailment cones are saturated (validation split only; not the default).
+        "nimare-mnm-floor": replace(_NIMARE_MNM, model={"min_text_radius": 0.5}),
         # MNM as its repository trains it: one-directional exterior-angle contrastive,
         # centroid regulariser 0.5, hierarchy penalty 30, dropout 0.6, weight decay 0.05,
         # every epoch run and the best kept (no early stopping; here the best on

@@ -513,3 +513,28 @@ def test_checkpoint_round_trip_gives_identical_embeddings(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(ValueError, match="corrupt"):
         load_model(tmp_path / "ckpt")
+
+
+def test_min_text_radius_keeps_text_points_out_of_the_saturated_cone_zone():
+    from nimare_mnm.model import MNMConfig, MNMModel
+
+    torch.manual_seed(0)
+    text = torch.randn(64, 16) * 1e-3  # tiny inputs: without a floor the points sit at 0
+    plain = MNMModel(MNMConfig(text_dim=16, brain_dim=8, embed_dim=8)).eval()
+    floored = MNMModel(MNMConfig(text_dim=16, brain_dim=8, embed_dim=8, min_text_radius=0.5))
+    floored.load_state_dict(plain.state_dict())
+    floored.eval()
+    with torch.no_grad():
+        r_plain = plain.radius(plain.encode_text(text))
+        r_floor = floored.radius(floored.encode_text(text))
+        # The floor shifts the distance by exactly 0.5 and keeps each point's direction.
+        torch.testing.assert_close(r_floor, r_plain + 0.5, atol=1e-5, rtol=1e-5)
+        cos = torch.nn.functional.cosine_similarity(
+            plain.encode_text(text), floored.encode_text(text), dim=-1
+        )
+        assert (cos > 0.9999).all()
+        # Out there the cone of a text point no longer spans pi/2.
+        c = floored.curvature
+        assert (lorentz.half_aperture(floored.encode_text(text), c) < 1.2).all()
+    with pytest.raises(ValueError, match="min_text_radius"):
+        MNMConfig(text_dim=16, brain_dim=8, min_text_radius=-1)

@@ -69,6 +69,8 @@ NEURAL_ROWS: dict[str, dict] = {
     "nimare-mnm": {"preset": "nimare-mnm", "params": {}},
     # Model v2 candidate: the same plus (term, term map) training pairs.
     "nimare-mnm + term maps": {"preset": "nimare-mnm-terms", "params": {}},
+    # Model v2 candidate: a floor on the distance of text points to the origin.
+    "nimare-mnm + radius floor": {"preset": "nimare-mnm-floor", "params": {}},
 }
 
 #: Every row, in table order.
