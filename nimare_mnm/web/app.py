@@ -131,7 +131,6 @@ _ENV = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_ENV.filters["pubmed"] = lambda i: f"https://pubmed.ncbi.nlm.nih.gov/{i}/"
 
 
 def _page(template: str, status: int = 200, **context) -> HTMLResponse:
