@@ -604,6 +604,10 @@ def _main(argv: list[str] | None = None) -> None:
         with open(args.history, "w") as fh:
             json.dump(result.history, fh)
     if torch.distributed.is_initialized():
+        # Every rank finishes (rank 0 writes its file) before the group is torn down: a rank
+        # destroying the group while its peer is still busy can abort at exit ("terminate
+        # called without an active exception", seen once in CI).
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
