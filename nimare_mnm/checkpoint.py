@@ -513,6 +513,11 @@ def encoder_contents(encoder) -> tuple[dict, dict]:
         "training": {k: v for k, v in encoder.training_.items() if k != "history"},
         "query_confidence": encoder.training_.get("query_confidence"),
         "vocabulary": sorted(vocabulary.terms) if vocabulary is not None else None,
+        "term_features": (
+            encoder.term_features_.to_dict()
+            if getattr(encoder, "term_features_", None) is not None
+            else None
+        ),
         "history": encoder.training_.get("history", []),
     }
     arrays = {

@@ -115,6 +115,9 @@ class MNMEncoder(NiMAREBase):
         The terms the training studies use (their NeuroQuery terms when the studyset has
         them, else the words of at least two training texts), which give each query its
         confidence; None for a checkpoint that does not record one.
+    term_features_ : :class:`~nimare_mnm.term_features.TermFeatures` or None
+        The vocabulary terms whose TF-IDF the text head reads beside the sentence embedding
+        (presets with ``term_features``), fitted on the training texts; None otherwise.
     confidence_threshold_ : :obj:`float`
         Queries less confident than this get a warning: the confidence that 1 % of the
         validation studies' titles fall below (NaN when not calibrated).
@@ -240,13 +243,6 @@ class MNMEncoder(NiMAREBase):
                 f"Only {len(arrays.ids)} studies with peaks inside the brain: too few to train."
             )
         layout = LevelLayout.from_vectorizer(vectorizer, level_spec)
-        model_config = spec.model_config(
-            text_dim=arrays.text.shape[1],
-            brain_dim=arrays.brain.shape[1],
-            embed_dim=self.embed_dim,
-            hidden_dim=self.hidden_dim,
-            n_level_tokens=len(level_spec) + 1,
-        )
         train_config = TrainConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -256,9 +252,25 @@ class MNMEncoder(NiMAREBase):
             device=self.device,
             **spec.train,
         )
+        self.term_features_ = None
+        if spec.term_features:
+            # Vocabulary and document frequencies from the rows training fits on only.
+            fit_texts = np.delete(
+                np.asarray(arrays.texts, dtype=object),
+                default_val_rows(len(arrays.ids), train_config),
+            )
+            self.term_features_ = _fit_term_features(studyset, fit_texts, spec.term_features)
+            arrays.text = np.hstack([arrays.text, self.term_features_.transform(arrays.texts)])
+        model_config = spec.model_config(
+            text_dim=arrays.text.shape[1],
+            brain_dim=arrays.brain.shape[1],
+            embed_dim=self.embed_dim,
+            hidden_dim=self.hidden_dim,
+            n_level_tokens=len(level_spec) + 1,
+        )
         views = None
         if spec.query_views:
-            views = self.get_text_encoder().encode(
+            views = self._input_encoder().encode(
                 [v for row in query_views(arrays.texts, seed=self.seed) for v in row]
             )
             views = views.reshape(len(arrays.ids), -1, views.shape[1])
@@ -268,7 +280,7 @@ class MNMEncoder(NiMAREBase):
             # training rows only, never from the rows training validates on.
             val_rows = default_val_rows(len(arrays.ids), train_config)
             term_maps, term_text = _term_pairs(
-                studyset, arrays, val_rows, spec.term_maps, self.get_text_encoder()
+                studyset, arrays, val_rows, spec.term_maps, self._input_encoder()
             )
             if term_maps is not None:
                 text = np.concatenate([text, term_text])
@@ -276,6 +288,9 @@ class MNMEncoder(NiMAREBase):
                 if views is not None:
                     term_views = np.repeat(term_text[:, None], views.shape[1], axis=1)
                     views = np.concatenate([views, term_views])
+        cone_text = cone_usage = None
+        if spec.loss.w_term_cones and term_maps is not None:
+            cone_text, cone_usage = term_text, _term_usage_rows(term_maps, arrays.ids, len(text))
         result = train(
             text,
             brain,
@@ -285,6 +300,8 @@ class MNMEncoder(NiMAREBase):
             layout=layout,
             val_rows=val_rows,
             text_views=views,
+            term_text=cone_text,
+            term_usage=cone_usage,
         )
         self._set_fitted(
             model=result.model.cpu(),
@@ -444,12 +461,26 @@ class MNMEncoder(NiMAREBase):
             self._text_encoder = TextEncoder(self.text_model, device=self.device)
         return self._text_encoder
 
+    def _input_encoder(self):
+        """Return what turns texts into the model's text input.
+
+        The sentence encoder, followed by the TF-IDF of the model's vocabulary terms when
+        it was trained with them (see :mod:`nimare_mnm.term_features`).
+        """
+        from nimare_mnm.term_features import TermAugmentedEncoder
+
+        features = getattr(self, "term_features_", None)
+        if features is None:
+            return self.get_text_encoder()
+        return TermAugmentedEncoder(self.get_text_encoder(), features)
+
     def _encode_texts(self, texts: list[str], cache: bool = False) -> np.ndarray:
-        """Sentence embeddings of validated texts (the disk cache only for a TextEncoder)."""
+        """Text inputs of validated texts (the disk cache only for a TextEncoder)."""
+        from nimare_mnm.term_features import TermAugmentedEncoder
         from nimare_mnm.text import TextEncoder
 
-        encoder = self.get_text_encoder()
-        if isinstance(encoder, TextEncoder):
+        encoder = self._input_encoder()
+        if isinstance(encoder, (TextEncoder, TermAugmentedEncoder)):
             embeddings = encoder.encode(texts, cache=cache)
         else:
             embeddings = encoder.encode(texts)
@@ -550,7 +581,7 @@ class MNMEncoder(NiMAREBase):
         self._check_fitted()
         arrays = corpus_arrays(
             studyset,
-            encoder=self.get_text_encoder(),
+            encoder=self._input_encoder(),
             vectorizer=self.vectorizer_,
             density=PeakDensity(fwhm=self.fwhm),
         )
@@ -991,6 +1022,14 @@ class MNMEncoder(NiMAREBase):
         encoder.weights_sha256_ = config.get("sha256")
         encoder.training_ = {**config.get("training", {}), "history": config.get("history", [])}
         encoder._load_vocabulary(config, contents.path)
+        encoder.term_features_ = None
+        if config.get("term_features"):
+            from nimare_mnm.term_features import TermFeatures
+
+            try:
+                encoder.term_features_ = TermFeatures.from_dict(config["term_features"])
+            except ValueError as exc:
+                raise ValueError(f"The checkpoint in {contents.path}: {exc}") from exc
         return encoder
 
     def _load_vocabulary(self, config: dict, path) -> None:
@@ -1113,6 +1152,42 @@ def _term_pairs(studyset, arrays, val_rows, min_studies: int, text_encoder):
     maps.check_excludes(np.asarray(arrays.ids)[val_rows])
     LGR.info("Training on %d term maps (terms used by >= %d studies).", len(maps), min_studies)
     return maps, np.asarray(text_encoder.encode(list(maps.terms)), dtype=np.float32)
+
+
+def _fit_term_features(studyset, texts, min_df: int):
+    """Fit the term features of training ``texts``: NeuroQuery terms, else frequent words."""
+    from nimare_mnm.confidence import vocabulary_from_texts
+    from nimare_mnm.datasets import NEUROQUERY_GROUP, annotation_term_counts
+    from nimare_mnm.term_features import TermFeatures
+
+    labels = list(studyset.get_labels()) if len(studyset.annotations) else []
+    if any(label.startswith(NEUROQUERY_GROUP) for label in labels):
+        candidates, _ = annotation_term_counts(studyset, NEUROQUERY_GROUP)
+    else:
+        candidates = vocabulary_from_texts(texts, min_df=min_df)
+    features = TermFeatures.fit(list(texts), candidates, min_df=min_df)
+    LGR.info("Text head reads %d vocabulary terms (used by >= %d texts).", len(features), min_df)
+    return features
+
+
+def _term_usage_rows(term_maps, ids, n_rows: int):
+    """(n_rows, n_terms) usage of each term map's source studies, by row of ``ids``.
+
+    Rows past ``len(ids)`` (the term pairs themselves) and studies that built no map use no
+    term.
+    """
+    import scipy.sparse as sp
+
+    position = pd.Index(np.asarray(ids).astype(str)).get_indexer(
+        np.asarray(term_maps.study_ids).astype(str)
+    )
+    if (position < 0).any():
+        raise ValueError("Some term map sources are not among the training studies.")
+    pairs = term_maps.sources.T.tocoo()  # (n_source, n_terms)
+    return sp.csr_matrix(
+        (np.ones(pairs.nnz, dtype=bool), (position[pairs.row], pairs.col)),
+        shape=(n_rows, len(term_maps)),
+    )
 
 
 def _zscore_rows(maps: np.ndarray) -> np.ndarray:

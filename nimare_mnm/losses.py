@@ -22,6 +22,11 @@ Terms (all computed in full fp32):
 ``entail_levels``
     Entailment cones between the whole-brain map and its level maps (each Yeo-7, Yeo-17
     network and the subcortical structures carrying enough of the study's activation).
+``term_cones``
+    Entailment cones of vocabulary terms: each term (with its term map, see
+    :mod:`nimare_mnm.term_maps`) is the apex of a cone that should contain the text and
+    brain points of the training studies using it. A term used by many different studies
+    needs a wide cone, which only a point near the origin has.
 ``reconstruction``
     1 - Pearson r between the decoder's prediction from the text point and the study's
     brain vector.
@@ -52,7 +57,7 @@ class LossConfig:
     symmetric : :obj:`bool`, default=True
         Add the brain -> text direction to the contrastive term.
     w_contrastive, w_centroid, w_hierarchy, w_entail_text_brain, w_entail_levels, \
-w_reconstruction, w_view_order : :obj:`float`
+w_reconstruction, w_view_order, w_term_cones : :obj:`float`
         Term weights; 0 switches a term off. ``view_order`` (used with query views, see
         :func:`nimare_mnm.training.train`) asks a study's short view to lie nearer the origin
         than its full text, by ``view_margin`` in log distance: a title or a few terms say
@@ -76,6 +81,7 @@ w_reconstruction, w_view_order : :obj:`float`
     w_entail_levels: float = 0.0
     w_reconstruction: float = 0.0
     w_view_order: float = 0.0
+    w_term_cones: float = 0.0
     view_margin: float = 0.2
     centroid_text_radius: float = 1.0
     centroid_brain_radius: float = 2.0
@@ -123,6 +129,8 @@ def compute_losses(
     offset: int = 0,
     full_text: torch.Tensor | None = None,
     view_mask: torch.Tensor | None = None,
+    term_text: torch.Tensor | None = None,
+    term_child: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Compute every enabled loss term for one (local) batch.
 
@@ -148,6 +156,9 @@ def compute_losses(
     full_text, view_mask : :class:`torch.Tensor`, optional
         With query views: the studies' full-text embeddings (b, text_dim) and which rows of
         ``text`` are short views of them (b,) (needed by ``view_order``).
+    term_text, term_child : :class:`torch.Tensor`, optional
+        Text embeddings of vocabulary terms (m, text_dim) and, for each, the row of the batch
+        of a study that uses it (m,) (needed by ``term_cones``).
 
     Returns
     -------
@@ -219,6 +230,22 @@ def compute_losses(
         )
         loss = torch.relu(gap + config.view_margin).mean() if len(views) else gap.sum()
         terms["view_order"] = config.w_view_order * loss
+
+    if config.w_term_cones > 0 and term_text is not None:
+        if term_child is None or len(term_child) != len(term_text):
+            raise ValueError("The term cone term needs one batch row per term.")
+        if len(term_text):
+            apex = model.encode_text(term_text)
+            loss = (
+                0.5
+                * (
+                    lorentz.entailment_loss(apex, text_pts[term_child], c, config.min_radius)
+                    + lorentz.entailment_loss(apex, brain_pts[term_child], c, config.min_radius)
+                ).mean()
+            )
+        else:  # no study of this batch uses a term: keep the graph, add nothing
+            loss = text_pts.sum() * 0.0
+        terms["term_cones"] = config.w_term_cones * loss
 
     if config.w_reconstruction > 0:
         terms["reconstruction"] = config.w_reconstruction * _pearson_loss(

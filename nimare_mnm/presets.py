@@ -44,6 +44,10 @@ class Preset:
         least this many training studies, paired with the mean brain map of those studies
         (:func:`nimare_mnm.term_maps.build_term_maps`, never the validation studies); 0
         turns it off.
+    term_features : :obj:`int`, default=0
+        The text head also reads the TF-IDF of the vocabulary terms that at least this many
+        training texts use (:mod:`nimare_mnm.term_features`), a trainable embedding bag next
+        to the frozen sentence embedding; 0 turns it off.
     """
 
     loss: LossConfig
@@ -53,12 +57,20 @@ class Preset:
     train: Mapping = field(default_factory=dict)
     query_views: bool = False
     term_maps: int = 0
+    term_features: int = 0
 
     def __post_init__(self) -> None:
         if self.geometry not in ("lorentz", "euclidean"):
             raise ValueError(f"geometry must be 'lorentz' or 'euclidean', got {self.geometry!r}.")
         if not isinstance(self.term_maps, int) or self.term_maps < 0:
             raise ValueError(f"term_maps must be an integer >= 0, got {self.term_maps!r}.")
+        if not isinstance(self.term_features, int) or self.term_features < 0:
+            raise ValueError(f"term_features must be an integer >= 0, got {self.term_features!r}.")
+        if self.loss.w_term_cones and not self.term_maps:
+            raise ValueError(
+                "Term cones (w_term_cones > 0) need term maps: set term_maps to the fewest "
+                "studies a term needs."
+            )
         object.__setattr__(self, "model", MappingProxyType(dict(self.model)))
         object.__setattr__(self, "train", MappingProxyType(dict(self.train)))
 
@@ -106,6 +118,20 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         # Model v2 candidate: text points kept at least 0.5 from the origin, out of the zone
         # where entailment cones are saturated (validation split only; not the default).
         "nimare-mnm-floor": replace(_NIMARE_MNM, model={"min_text_radius": 0.5}),
+        # Model v2 candidate: the text head also reads the TF-IDF of the vocabulary terms
+        # used by >= 10 training texts, a trainable embedding bag beside the frozen MiniLM
+        # embedding (validation split only; not the default).
+        "nimare-mnm-text": replace(_NIMARE_MNM, term_features=10),
+        # Model v2 candidate: term features, the radius floor, term maps, and every term the
+        # apex of a cone containing the text and brain points of its studies (validation
+        # split only; not the default).
+        "nimare-mnm-cones": replace(
+            _NIMARE_MNM,
+            loss=replace(_NIMARE_MNM.loss, w_term_cones=0.1),
+            model={"min_text_radius": 0.5},
+            term_maps=20,
+            term_features=10,
+        ),
         # MNM as its repository trains it: one-directional exterior-angle contrastive,
         # centroid regulariser 0.5, hierarchy penalty 30, dropout 0.6, weight decay 0.05,
         # every epoch run and the best kept (no early stopping; here the best on

@@ -159,7 +159,17 @@ class _Objective(torch.nn.Module):
         super().__init__()
         self.model, self.config, self.gather, self.offset = model, config, gather, offset
 
-    def forward(self, text, brain, breadth, region_mass, full_text=None, view_mask=None):
+    def forward(
+        self,
+        text,
+        brain,
+        breadth,
+        region_mass,
+        full_text=None,
+        view_mask=None,
+        term_text=None,
+        term_child=None,
+    ):
         return compute_losses(
             self.model,
             text,
@@ -171,6 +181,8 @@ class _Objective(torch.nn.Module):
             offset=self.offset,
             full_text=full_text,
             view_mask=view_mask,
+            term_text=term_text,
+            term_child=term_child,
         )
 
 
@@ -192,6 +204,15 @@ def _check_grads(model: torch.nn.Module, step: int, epoch: int) -> None:
             )
 
 
+def _draw_terms(usage, rows: np.ndarray, rng: np.random.Generator):
+    """One term drawn at random for each row that uses any: (term indices, batch positions)."""
+    sub = usage[rows]
+    counts = np.diff(sub.indptr)
+    child = np.flatnonzero(counts)
+    pick = sub.indptr[child] + (rng.random(len(child)) * counts[child]).astype(np.int64)
+    return sub.indices[pick], child
+
+
 def default_val_rows(n: int, config: TrainConfig) -> np.ndarray:
     """Rows :func:`train` validates on when given none: a seeded ``val_fraction`` of ``n``."""
     perm = np.random.default_rng(config.seed + 1).permutation(n)
@@ -209,6 +230,8 @@ def train(
     val_rows: np.ndarray | None = None,
     text_views: np.ndarray | None = None,
     view_prob: float = 0.5,
+    term_text: np.ndarray | None = None,
+    term_usage=None,
 ) -> TrainResult:
     """Train the backbone on paired text embeddings and brain vectors.
 
@@ -236,6 +259,12 @@ def train(
         Validation always uses the full texts.
     view_prob : :obj:`float`, default=0.5
         Probability of using a view instead of the full text.
+    term_text : :class:`numpy.ndarray`, optional
+        (n_terms, text_dim) text embeddings of vocabulary terms, the apexes of the term cones
+        (the loss's ``w_term_cones``).
+    term_usage : sparse matrix, optional
+        (n, n_terms) boolean: row uses term. At each step every study of the batch that uses
+        a term is paired with one of its terms, drawn at random, whose cone should contain it.
 
     Returns
     -------
@@ -264,6 +293,37 @@ def train(
             raise ValueError("Text view embeddings contain NaN or infinite values.")
         if not 0.0 <= view_prob <= 1.0:
             raise ValueError(f"view_prob must be in [0, 1], got {view_prob}.")
+    if (term_text is None) != (term_usage is None):
+        raise ValueError("term_text and term_usage go together.")
+    if term_text is not None:
+        import scipy.sparse as sp
+
+        term_text = np.asarray(term_text, dtype=np.float32)
+        term_usage = sp.csr_matrix(term_usage, dtype=bool)
+        if term_text.ndim != 2 or term_text.shape[1] != text.shape[1]:
+            raise ValueError(
+                f"term_text must be (n_terms, {text.shape[1]}), got {term_text.shape}."
+            )
+        if term_usage.shape != (len(text), len(term_text)):
+            raise ValueError(
+                f"term_usage must be ({len(text)}, {len(term_text)}) (rows x terms), got "
+                f"{term_usage.shape}."
+            )
+        if not np.isfinite(term_text).all():
+            raise ValueError("Term embeddings contain NaN or infinite values.")
+        if not loss_cfg.w_term_cones:
+            warnings.warn(
+                "Term embeddings were given but w_term_cones is 0: they are not used.",
+                UserWarning,
+                stacklevel=2,
+            )
+    elif loss_cfg.w_term_cones:
+        warnings.warn(
+            f"The term cone term (w_term_cones={loss_cfg.w_term_cones}) is skipped: no "
+            "term_text/term_usage were given.",
+            UserWarning,
+            stacklevel=2,
+        )
     prepared = prepare_brain(brain, layout)
     mcfg = model_config or MNMConfig(text_dim=text.shape[1], brain_dim=prepared["brain"].shape[1])
     if (mcfg.text_dim, mcfg.brain_dim) != (text.shape[1], prepared["brain"].shape[1]):
@@ -306,6 +366,7 @@ def train(
     text_t = torch.as_tensor(text, device=device)
     views_t = None if text_views is None else torch.as_tensor(text_views, device=device)
     brain_t, breadth_t, mass_t = tensor("brain"), tensor("breadth"), tensor("region_mass")
+    terms_t = None if term_text is None else torch.as_tensor(term_text, device=device)
 
     scalars = {id(p) for p in model.scalar_parameters()}
     decay = [p for p in model.parameters() if id(p) not in scalars and p.ndim > 1]
@@ -358,6 +419,11 @@ def train(
                 use = torch.as_tensor(rng.random(len(rows)) < view_prob, device=device)
                 pick = torch.as_tensor(rng.integers(views_t.shape[1], size=len(rows)))
                 batch_text = torch.where(use[:, None], views_t[idx, pick.to(device)], batch_text)
+            term_batch = term_child = None
+            if terms_t is not None:
+                term_rows, term_child = _draw_terms(term_usage, rows, rng)
+                term_batch = terms_t[torch.as_tensor(term_rows, device=device)]
+                term_child = torch.as_tensor(term_child, device=device)
             terms = objective(
                 batch_text,
                 brain_t[idx],
@@ -365,6 +431,8 @@ def train(
                 mass_t[idx] if mass_t is not None else None,
                 text_t[idx],
                 use,
+                term_batch,
+                term_child,
             )
             _check_finite(terms, step, epoch)
             optimizer.zero_grad(set_to_none=True)

@@ -71,6 +71,10 @@ NEURAL_ROWS: dict[str, dict] = {
     "nimare-mnm + term maps": {"preset": "nimare-mnm-terms", "params": {}},
     # Model v2 candidate: a floor on the distance of text points to the origin.
     "nimare-mnm + radius floor": {"preset": "nimare-mnm-floor", "params": {}},
+    # Model v2 candidate: a trainable text side (TF-IDF of vocabulary terms beside MiniLM).
+    "nimare-mnm + term features": {"preset": "nimare-mnm-text", "params": {}},
+    # Model v2 candidate: term features, term maps, term cones and the radius floor.
+    "nimare-mnm + term cones": {"preset": "nimare-mnm-cones", "params": {}},
 }
 
 #: Every row, in table order.
