@@ -259,8 +259,19 @@ class MNMEncoder(NiMAREBase):
                 np.asarray(arrays.texts, dtype=object),
                 default_val_rows(len(arrays.ids), train_config),
             )
-            self.term_features_ = _fit_term_features(studyset, fit_texts, spec.term_features)
-            arrays.text = np.hstack([arrays.text, self.term_features_.transform(arrays.texts)])
+            try:
+                self.term_features_ = _fit_term_features(studyset, fit_texts, spec.term_features)
+            except ValueError as exc:  # e.g. a small corpus: no term is frequent enough
+                import warnings
+
+                warnings.warn(
+                    f"No term features ({exc}): the text head reads the sentence embedding only.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            else:
+                term_input = self.term_features_.transform(arrays.texts)
+                arrays.text = np.hstack([arrays.text, term_input])
         model_config = spec.model_config(
             text_dim=arrays.text.shape[1],
             brain_dim=arrays.brain.shape[1],
@@ -341,6 +352,11 @@ class MNMEncoder(NiMAREBase):
             "loss": spec.loss.to_dict(),
             "train_config": train_config.to_dict(),
         }
+        if self.term_features_ is not None:
+            self.training_["term_features"] = {
+                "min_texts": spec.term_features,
+                "n_terms": len(self.term_features_),
+            }
         if term_maps is not None:
             self.training_["term_maps"] = {
                 "min_studies": spec.term_maps,

@@ -174,3 +174,44 @@ def test_text_encoder_output_is_checked(toy_fit):
             encoder.transform("left")
     finally:
         encoder.text_model = kept
+
+
+def _motor_studies(texts):
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for i in range(len(texts)):
+        centre = np.array([(-1 if i % 2 == 0 else 1) * 38, -20, 55])
+        peaks[f"s{i}"] = [centre + rng.normal(0, 4, 3) for _ in range(3)]
+    return make_studyset(peaks, abstracts=texts)
+
+
+def test_term_features_from_the_words_of_a_corpus_without_terms(hemisphere, monkeypatch):
+    texts = [("left" if i % 2 == 0 else "right") + " hand finger tapping" for i in range(40)]
+    texts[:3] = ["visual memory"] * 3  # used by too few texts to be a feature
+    params = dict(
+        preset="nimare-mnm-text",
+        levels=(hemisphere,),
+        text_model=BagOfWords(),
+        embed_dim=8,
+        hidden_dim=32,
+        epochs=2,
+        batch_size=16,
+        device="cpu",
+    )
+    encoder = MNMEncoder(**params).fit(_motor_studies(texts))
+    terms = set(encoder.term_features_.terms)
+    # The words of at least 10 texts (a study's text starts with its name, "Study sN").
+    assert {"left", "right", "hand", "finger", "tapping", "study"} == terms
+    assert encoder.model_.config.text_dim == len(WORDS) + len(terms)
+    assert encoder.training_["term_features"] == {"min_texts": 10, "n_terms": len(terms)}
+    assert encoder.transform("left hand").get_map("z").shape == (91, 109, 91)
+    # No vocabulary to be had: a warning, and the sentence embedding alone.
+    import nimare_mnm.encoder
+
+    def no_terms(*args):
+        raise ValueError("No candidate term occurs in 10 or more of the 36 texts.")
+
+    monkeypatch.setattr(nimare_mnm.encoder, "_fit_term_features", no_terms)
+    with pytest.warns(UserWarning, match="No term features .No candidate term occurs"):
+        plain = MNMEncoder(**params).fit(_motor_studies(texts))
+    assert plain.term_features_ is None and plain.model_.config.text_dim == len(WORDS)

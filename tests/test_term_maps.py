@@ -50,6 +50,22 @@ def test_maps_are_means_of_the_training_studies_using_each_term():
         maps.sources_of("rare")
 
 
+def test_term_cones_pair_rows_with_the_terms_whose_maps_they_built():
+    from nimare_mnm.encoder import _term_usage_rows
+
+    ids, brain, usage, terms = _corpus()
+    maps = build_term_maps(ids, brain, usage, terms, train_ids=ids[:5], min_studies=2)
+    # Training rows in another order, the test study among them, and two term rows appended.
+    rows = ["t1", "e", "d", "c", "b", "a"]
+    paired = _term_usage_rows(maps, rows, len(rows) + 2).toarray()
+    assert paired.shape == (8, 2)
+    expected = {"a": [1, 1], "b": [1, 1], "c": [1, 0], "d": [1, 0], "e": [0, 0], "t1": [0, 0]}
+    np.testing.assert_array_equal(paired[:6], [expected[i] for i in rows])
+    assert not paired[6:].any()  # the term rows themselves use no term
+    with pytest.raises(ValueError, match="not among the training studies"):
+        _term_usage_rows(maps, ["a", "b"], 2)
+
+
 def test_a_test_study_never_builds_a_term_map():
     ids, brain, usage, terms = _corpus()
     maps = build_term_maps(ids, brain, usage, terms, train_ids=ids[:5], min_studies=1)

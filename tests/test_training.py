@@ -331,6 +331,58 @@ def test_level_entailment_term_by_hand():
     )
 
 
+def test_term_cone_term_by_hand():
+    """Each term is the apex of a cone that should hold the text and brain points of the
+    batch row it is paired with: half the mean cone loss over both children."""
+    rng = np.random.default_rng(1)
+    torch.manual_seed(0)
+    model = MNMModel(
+        MNMConfig(8, 20, embed_dim=6, hidden_dim=16, dropout=0.0, min_text_radius=0.5)
+    ).eval()
+    brain = torch.as_tensor(prepare_brain(rng.random((5, 20)).astype(np.float32) + 0.01)["brain"])
+    text = torch.as_tensor(rng.normal(size=(5, 8)), dtype=torch.float32)
+    term_text = torch.as_tensor(rng.normal(size=(3, 8)), dtype=torch.float32)
+    child = torch.tensor([4, 0, 4])
+    with torch.no_grad():
+        apex = model.encode_text(term_text).numpy()
+        text_pts = model.encode_text(text).numpy()[child]
+        brain_pts = model.encode_brain(brain).numpy()[child]
+    c = float(model.curvature.detach())
+    cone = _entailment_by_hand(apex, text_pts, c, 0.1) + _entailment_by_hand(
+        apex, brain_pts, c, 0.1
+    )
+    expected = 0.3 * 0.5 * cone.mean()
+    assert expected > 0.01  # violated cones: the comparison is not 0 == 0
+    cfg = LossConfig(w_term_cones=0.3, min_radius=0.1)
+    with torch.no_grad():
+        terms = compute_losses(model, text, brain, cfg, term_text=term_text, term_child=child)
+        none = compute_losses(
+            model, text, brain, cfg, term_text=term_text[:0], term_child=child[:0]
+        )
+    assert float(terms["term_cones"]) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert float(none["term_cones"]) == 0.0  # a batch without terms adds nothing
+    with pytest.raises(ValueError, match="one batch row per term"):
+        compute_losses(model, text, brain, cfg, term_text=term_text, term_child=child[:2])
+
+
+def test_each_study_is_paired_with_one_of_its_own_terms():
+    from scipy import sparse
+
+    from nimare_mnm.training import _draw_terms
+
+    usage = sparse.csr_matrix(np.array([[1, 1, 0], [0, 0, 0], [0, 0, 1], [1, 1, 1]], dtype=bool))
+    rng = np.random.default_rng(0)
+    drawn = {0: set(), 3: set()}
+    for _ in range(200):
+        terms, child = _draw_terms(usage, np.array([3, 1, 0, 2]), rng)
+        np.testing.assert_array_equal(child, [0, 2, 3])  # row 1 uses no term
+        assert usage[[3, 0, 2], terms].all()
+        drawn[3].add(int(terms[0]))
+        drawn[0].add(int(terms[1]))
+        assert terms[2] == 2
+    assert drawn == {3: {0, 1, 2}, 0: {0, 1}}  # every term of a study gets drawn
+
+
 def _pearson(a, b):
     """Row-wise Pearson r, as np.corrcoef computes it."""
     return np.array([np.corrcoef(x, y)[0, 1] for x, y in zip(a, b)])
