@@ -371,7 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="train a model on NeuroQuery")
     fit.add_argument("--data-dir", default=data_default, help="folder with neuroquery/")
     fit.add_argument("-o", "--out", required=True, help="checkpoint folder to write")
-    fit.add_argument("--preset", default="nimare-mnm", help="nimare-mnm, mnm, meru or clip")
+    fit.add_argument(
+        "--preset",
+        default="nimare-mnm",
+        help="nimare-mnm (default), nimare-mnm-v1, nimare-mnm-cones, mnm, meru or clip",
+    )
     fit.add_argument("--epochs", type=positive_int, default=40, help="training epochs")
     fit.add_argument(
         "--exclude-test", action="store_true", help="leave out the protocol's test split"

@@ -49,12 +49,15 @@ class MNMEncoder(NiMAREBase):
 
     Parameters
     ----------
-    preset : {"nimare-mnm", "mnm", "meru", "clip"}, default="nimare-mnm"
-        Objective and geometry (see :data:`nimare_mnm.presets.PRESETS`).
+    preset : {"nimare-mnm", "nimare-mnm-v1", "nimare-mnm-cones", "mnm", "meru", "clip"}, \
+default="nimare-mnm"
+        Objective, geometry and text input (see :data:`nimare_mnm.presets.PRESETS`).
     text_model : :obj:`str` or object with an ``encode`` method, default="all-MiniLM-L6-v2"
         Sentence encoder: the offline default, a local folder or a Hugging Face name (run
         by :class:`~nimare_mnm.text.TextEncoder`), or any object whose ``encode`` turns a
-        list of strings into an (n, dim) array of embeddings.
+        list of strings into an (n, dim) array of embeddings. With the default preset the
+        text head also reads the TF-IDF of the vocabulary terms the training texts use
+        (``term_features_``).
     embed_dim : :obj:`int`, default=128
         Dimension of the hyperbolic space.
     hidden_dim : :obj:`int`, default=256
@@ -502,9 +505,12 @@ class MNMEncoder(NiMAREBase):
             embeddings = encoder.encode(texts)
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.shape != (len(texts), self.model_.config.text_dim):
+            n_terms = len(self.term_features_) if isinstance(encoder, TermAugmentedEncoder) else 0
+            after = f" (followed by {n_terms} term features)" if n_terms else ""
+            got = (embeddings.shape[0], embeddings.shape[1] - n_terms) if n_terms else None
             raise ValueError(
-                f"The text encoder returned embeddings of shape {embeddings.shape}; the model "
-                f"needs ({len(texts)}, {self.model_.config.text_dim})."
+                f"The text encoder returned embeddings of shape {got or embeddings.shape}; the "
+                f"model needs ({len(texts)}, {self.model_.config.text_dim - n_terms}){after}."
             )
         if not np.isfinite(embeddings).all():
             raise ValueError("The text encoder returned NaN or infinite embeddings.")

@@ -212,6 +212,6 @@ def test_evaluate_command(data_dir, tmp_path, capsys):
 
 def test_config_names_the_compared_row():
     assert BenchmarkConfig().model == MODEL
-    assert BenchmarkConfig(model="nimare-mnm + term maps").model == "nimare-mnm + term maps"
+    assert BenchmarkConfig(model="nimare-mnm v1").model == "nimare-mnm v1"
     with pytest.raises(ValueError, match="model must be a neural row"):
         BenchmarkConfig(model=FLOORS[0])

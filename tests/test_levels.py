@@ -189,7 +189,7 @@ def test_term_features_from_the_words_of_a_corpus_without_terms(hemisphere, monk
     texts = [("left" if i % 2 == 0 else "right") + " hand finger tapping" for i in range(40)]
     texts[:3] = ["visual memory"] * 3  # used by too few texts to be a feature
     params = dict(
-        preset="nimare-mnm-text",
+        preset="nimare-mnm",
         levels=(hemisphere,),
         text_model=BagOfWords(),
         embed_dim=8,

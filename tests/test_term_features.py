@@ -161,7 +161,7 @@ def test_encoder_reads_the_terms_of_its_training_texts(neuroquery, data_dir, tmp
     ids = np.unique(np.asarray(neuroquery.study_ids).astype(str))[:400]
     subset = neuroquery.filter_study_ids(list(ids))
     enc = MNMEncoder(
-        preset="nimare-mnm-text", epochs=1, batch_size=128, device="cpu", data_dir=str(data_dir)
+        preset="nimare-mnm", epochs=1, batch_size=128, device="cpu", data_dir=str(data_dir)
     ).fit(subset)
     features = enc.term_features_
     assert enc.model_.config.text_dim == 384 + len(features)

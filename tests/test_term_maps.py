@@ -104,7 +104,7 @@ def test_encoder_trains_on_term_maps_of_its_training_rows_only(neuroquery, data_
     ids = np.unique(np.asarray(neuroquery.study_ids).astype(str))[:400]
     subset = neuroquery.filter_study_ids(list(ids))
     enc = MNMEncoder(
-        preset="nimare-mnm-terms", epochs=1, batch_size=128, device="cpu", data_dir=str(data_dir)
+        preset="nimare-mnm-cones", epochs=1, batch_size=128, device="cpu", data_dir=str(data_dir)
     ).fit(subset)
     record = enc.training_["term_maps"]
     # Study points are the studies only, not the term rows.

@@ -67,13 +67,9 @@ NEURAL_ROWS: dict[str, dict] = {
         "params": {"batch_size": 4096, "learning_rate": 1e-4, "epochs": 200},
     },
     "nimare-mnm": {"preset": "nimare-mnm", "params": {}},
-    # Model v2 candidate: the same plus (term, term map) training pairs.
-    "nimare-mnm + term maps": {"preset": "nimare-mnm-terms", "params": {}},
-    # Model v2 candidate: a floor on the distance of text points to the origin.
-    "nimare-mnm + radius floor": {"preset": "nimare-mnm-floor", "params": {}},
-    # Model v2 candidate: a trainable text side (TF-IDF of vocabulary terms beside MiniLM).
-    "nimare-mnm + term features": {"preset": "nimare-mnm-text", "params": {}},
-    # Model v2 candidate: term features, term maps, term cones and the radius floor.
+    # The model before model v2: the text head reads MiniLM only.
+    "nimare-mnm v1": {"preset": "nimare-mnm-v1", "params": {}},
+    # Hierarchy candidate: term maps, term cones and a floor on the text radius.
     "nimare-mnm + term cones": {"preset": "nimare-mnm-cones", "params": {}},
 }
 
