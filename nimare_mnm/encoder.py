@@ -385,17 +385,10 @@ default="nimare-mnm"
             CALIBRATION_QUANTILE,
             QueryVocabulary,
             calibrate_threshold,
-            vocabulary_from_texts,
         )
-        from nimare_mnm.datasets import NEUROQUERY_GROUP, annotation_term_counts, study_titles
+        from nimare_mnm.datasets import study_titles
 
-        labels = list(studyset.get_labels()) if len(studyset.annotations) else []
-        if any(label.startswith(NEUROQUERY_GROUP) for label in labels):
-            terms, _ = annotation_term_counts(studyset, NEUROQUERY_GROUP)
-            source = "NeuroQuery terms used by the training studies"
-        else:
-            terms = vocabulary_from_texts(texts, min_df=2)
-            source = "words used by at least two training texts"
+        terms, source = _training_terms(studyset, texts, min_df=2)
         self.vocabulary_ = QueryVocabulary(terms)
         titles = study_titles(studyset)
         queries = [] if titles is None else titles.reindex(self.validation_ids_).dropna()
@@ -1176,17 +1169,29 @@ def _term_pairs(studyset, arrays, val_rows, min_studies: int, text_encoder):
     return maps, np.asarray(text_encoder.encode(list(maps.terms)), dtype=np.float32)
 
 
-def _fit_term_features(studyset, texts, min_df: int):
-    """Fit the term features of training ``texts``: NeuroQuery terms, else frequent words."""
+def _training_terms(studyset, texts, min_df: int) -> tuple[list[str], str]:
+    """Return the studies' NeuroQuery terms when annotated, else the words of ``min_df`` texts.
+
+    Returns the terms and a description of where they came from.
+    """
     from nimare_mnm.confidence import vocabulary_from_texts
     from nimare_mnm.datasets import NEUROQUERY_GROUP, annotation_term_counts
-    from nimare_mnm.term_features import TermFeatures
 
     labels = list(studyset.get_labels()) if len(studyset.annotations) else []
     if any(label.startswith(NEUROQUERY_GROUP) for label in labels):
-        candidates, _ = annotation_term_counts(studyset, NEUROQUERY_GROUP)
-    else:
-        candidates = vocabulary_from_texts(texts, min_df=min_df)
+        terms, _ = annotation_term_counts(studyset, NEUROQUERY_GROUP)
+        return terms, "NeuroQuery terms used by the training studies"
+    words = "two" if min_df == 2 else str(min_df)
+    return vocabulary_from_texts(
+        texts, min_df=min_df
+    ), f"words used by at least {words} training texts"
+
+
+def _fit_term_features(studyset, texts, min_df: int):
+    """Fit the term features of training ``texts``: NeuroQuery terms, else frequent words."""
+    from nimare_mnm.term_features import TermFeatures
+
+    candidates, _ = _training_terms(studyset, texts, min_df)
     features = TermFeatures.fit(list(texts), candidates, min_df=min_df)
     LGR.info("Text head reads %d vocabulary terms (used by >= %d texts).", len(features), min_df)
     return features
