@@ -1181,10 +1181,9 @@ def _training_terms(studyset, texts, min_df: int) -> tuple[list[str], str]:
     if any(label.startswith(NEUROQUERY_GROUP) for label in labels):
         terms, _ = annotation_term_counts(studyset, NEUROQUERY_GROUP)
         return terms, "NeuroQuery terms used by the training studies"
-    words = "two" if min_df == 2 else str(min_df)
-    return vocabulary_from_texts(
-        texts, min_df=min_df
-    ), f"words used by at least {words} training texts"
+    count = "two" if min_df == 2 else str(min_df)
+    source = f"words used by at least {count} training texts"
+    return vocabulary_from_texts(texts, min_df=min_df), source
 
 
 def _fit_term_features(studyset, texts, min_df: int):
