@@ -63,7 +63,16 @@ class TermFeatures:
         ).fit()
         # The tokenizer may reorder its vocabulary; keep our order.
         found = list(self._vectorizer.get_vocabulary())
-        self._order = np.asarray([found.index(t) for t in terms]) if found != list(terms) else None
+        self._order = None
+        if found != list(terms):
+            column = {term: i for i, term in enumerate(found)}
+            lost = [t for t in terms if t not in column]
+            if lost:
+                raise ValueError(
+                    f"neuroquery's tokenizer does not keep {len(lost)} of the terms as they are "
+                    f"(e.g. {lost[:3]}): give them lower-case, as its vocabulary writes them."
+                )
+            self._order = np.asarray([column[t] for t in terms])
         self.terms = terms
         self.frequencies = frequencies
 

@@ -58,6 +58,7 @@ def test_round_trips_through_pickle_and_dict():
         (["a1", "a2"], [0.5], "One frequency per term"),
         (["a1"], [0.0], r"in \(0, 1\]"),
         (["a1", "a1"], [0.5, 0.5], "unique"),
+        (["amygdala", "Working Memory"], [0.5, 0.5], r"does not keep 1 of the terms"),
     ],
 )
 def test_bad_vocabularies_are_rejected(terms, frequencies, match):
