@@ -122,6 +122,13 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         "nimare-mnm": _NIMARE_MNM,
         # The model shipped before model v2 (MiniLM only), kept for comparison.
         "nimare-mnm-v1": _NIMARE_MNM_V1,
+        # Ablation of the brain levels' training term (model v2 step 4): v2 without the
+        # entailment cones between a whole-brain map and its Yeo-7, Yeo-17 and subcortical
+        # maps. The level outputs do not depend on it (they are the decoded map summarised
+        # per region); only the training geometry does (validation split only).
+        "nimare-mnm-no-level-cones": replace(
+            _NIMARE_MNM, loss=replace(_NIMARE_MNM.loss, w_entail_levels=0.0)
+        ),
         # Candidate for the text hierarchy: term maps as training pairs, every term the apex
         # of an entailment cone containing the text and brain points of its studies, and text
         # points kept at least 0.5 from the origin, out of the zone where cones are

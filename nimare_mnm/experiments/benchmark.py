@@ -69,6 +69,8 @@ NEURAL_ROWS: dict[str, dict] = {
     "nimare-mnm": {"preset": "nimare-mnm", "params": {}},
     # The model before model v2: the text head reads MiniLM only.
     "nimare-mnm v1": {"preset": "nimare-mnm-v1", "params": {}},
+    # Ablation: v2 without the training term of the brain levels.
+    "nimare-mnm without level cones": {"preset": "nimare-mnm-no-level-cones", "params": {}},
     # Hierarchy candidate: term maps, term cones and a floor on the text radius.
     "nimare-mnm + term cones": {"preset": "nimare-mnm-cones", "params": {}},
 }
