@@ -84,6 +84,11 @@ class MNMConfig:
         text tangent vector's norm is shifted by this much. Text points nearer the origin
         than about ``0.2 / sqrt(c)`` have entailment cones saturated at pi/2, which
         constrain nothing.
+    max_brain_radius : :obj:`float`, default=0.0
+        Largest distance of a brain point to the origin (Lorentz geometry; 0: none): the
+        brain tangent vector's norm ``r`` becomes ``R tanh(r / R)``, near ``r`` for points well
+        inside. Terms that pull brain points into narrow cones push them outwards, and float32
+        distances lose resolution past a radius of about 4.
     """
 
     text_dim: int
@@ -101,6 +106,7 @@ class MNMConfig:
     n_level_tokens: int = 4
     input_scale: float = 0.25
     min_text_radius: float = 0.0
+    max_brain_radius: float = 0.0
 
     def __post_init__(self) -> None:
         if self.geometry not in ("lorentz", "euclidean"):
@@ -111,6 +117,8 @@ class MNMConfig:
             raise ValueError(f"curvature must be in [0.1, 10], got {self.curvature}.")
         if self.min_text_radius < 0:
             raise ValueError(f"min_text_radius must be >= 0, got {self.min_text_radius}.")
+        if self.max_brain_radius < 0:
+            raise ValueError(f"max_brain_radius must be >= 0, got {self.max_brain_radius}.")
         if self.text_dim <= 0 or self.brain_dim <= 0 or self.embed_dim <= 0:
             raise ValueError("text_dim, brain_dim and embed_dim must be positive.")
 
@@ -218,7 +226,11 @@ class MNMModel(nn.Module):
 
     # ------------------------------------------------------------------ encoders
     def _lift(
-        self, tangent: torch.Tensor, log_alpha: torch.Tensor, min_norm: float = 0.0
+        self,
+        tangent: torch.Tensor,
+        log_alpha: torch.Tensor,
+        min_norm: float = 0.0,
+        max_norm: float = 0.0,
     ) -> torch.Tensor:
         # Geometry in full fp32 whatever the surrounding precision.
         tangent = tangent.float() * log_alpha.exp().float()
@@ -228,11 +240,18 @@ class MNMModel(nn.Module):
             # |v| -> |v| + min_norm: the point's distance to the origin is at least min_norm.
             norm = tangent.norm(dim=-1, keepdim=True).clamp_min(lorentz.eps_for(tangent.dtype))
             tangent = tangent * (1.0 + min_norm / norm)
+        if max_norm > 0:
+            # |v| -> R tanh(|v| / R): the point's distance to the origin stays below R.
+            norm = tangent.norm(dim=-1, keepdim=True).clamp_min(lorentz.eps_for(tangent.dtype))
+            tangent = tangent * (max_norm * torch.tanh(norm / max_norm) / norm)
         return lorentz.expmap0(tangent, self.curvature.float())
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """Points (space coordinates) of text embeddings, shape (n, embed_dim)."""
         return self._lift(self.text_head(text), self.log_text_alpha, self.config.min_text_radius)
+
+    def _lift_brain(self, tangent: torch.Tensor) -> torch.Tensor:
+        return self._lift(tangent, self.log_brain_alpha, max_norm=self.config.max_brain_radius)
 
     def _brain_hidden(self, pre: torch.Tensor, level: torch.Tensor | int) -> torch.Tensor:
         token = self.level_token(torch.as_tensor(level, device=pre.device))
@@ -241,7 +260,7 @@ class MNMModel(nn.Module):
     def encode_brain(self, brain: torch.Tensor) -> torch.Tensor:
         """Points of whole-brain vectors, shape (n, embed_dim)."""
         hidden = self._brain_hidden(self.brain_in(brain), 0)
-        return self._lift(self.brain_out(hidden), self.log_brain_alpha)
+        return self._lift_brain(self.brain_out(hidden))
 
     def encode_levels(self, brain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole-brain and region points in one pass.
@@ -271,8 +290,8 @@ class MNMModel(nn.Module):
         whole_pre = partial.sum(1) + self.brain_in.bias
         region_hidden = self._brain_hidden(region_pre, self.region_level)
         whole_hidden = self._brain_hidden(whole_pre, 0)
-        whole = self._lift(self.brain_out(whole_hidden), self.log_brain_alpha)
-        regions = self._lift(self.brain_out(region_hidden), self.log_brain_alpha)
+        whole = self._lift_brain(self.brain_out(whole_hidden))
+        regions = self._lift_brain(self.brain_out(region_hidden))
         return whole, regions
 
     def decode(self, text_points: torch.Tensor) -> torch.Tensor:

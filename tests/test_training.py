@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -590,3 +591,39 @@ def test_min_text_radius_keeps_text_points_out_of_the_saturated_cone_zone():
         assert (lorentz.half_aperture(floored.encode_text(text), c) < 1.2).all()
     with pytest.raises(ValueError, match="min_text_radius"):
         MNMConfig(text_dim=16, brain_dim=8, min_text_radius=-1)
+
+
+def test_max_brain_radius_bounds_brain_points_and_keeps_near_ones():
+    from nimare_mnm.model import MNMConfig, MNMModel
+
+    torch.manual_seed(0)
+    plain = MNMModel(MNMConfig(text_dim=8, brain_dim=16, embed_dim=8)).eval()
+    capped = MNMModel(MNMConfig(text_dim=8, brain_dim=16, embed_dim=8, max_brain_radius=3.0))
+    capped.load_state_dict(plain.state_dict())
+    capped.eval()
+    with torch.no_grad():
+        plain.log_brain_alpha.fill_(math.log(20.0))  # far-out brain points
+        capped.log_brain_alpha.fill_(math.log(20.0))
+        brain = torch.randn(64, 16)
+        r_plain = plain.radius(plain.encode_brain(brain))
+        r_capped = capped.radius(capped.encode_brain(brain))
+        assert r_plain.max() > 6
+        assert r_capped.max() <= 3.0 + 1e-5
+        # The radius follows 3 tanh(r / 3), each point keeping its direction.
+        torch.testing.assert_close(r_capped, 3.0 * torch.tanh(r_plain / 3.0), atol=1e-3, rtol=1e-3)
+        cos = torch.nn.functional.cosine_similarity(
+            plain.encode_brain(brain), capped.encode_brain(brain), dim=-1
+        )
+        assert (cos > 0.9999).all()
+        # Near the origin the cap changes almost nothing; text points are never capped.
+        plain.log_brain_alpha.fill_(math.log(0.01))
+        capped.log_brain_alpha.fill_(math.log(0.01))
+        near = plain.radius(plain.encode_brain(brain))
+        assert near.max() < 0.5
+        torch.testing.assert_close(
+            capped.radius(capped.encode_brain(brain)), near, atol=0.01, rtol=0.03
+        )
+        text = torch.randn(8, 8)
+        torch.testing.assert_close(capped.encode_text(text), plain.encode_text(text))
+    with pytest.raises(ValueError, match="max_brain_radius"):
+        MNMConfig(text_dim=16, brain_dim=8, max_brain_radius=-1)
