@@ -129,14 +129,23 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         "nimare-mnm-no-level-cones": replace(
             _NIMARE_MNM, loss=replace(_NIMARE_MNM.loss, w_entail_levels=0.0)
         ),
+        # The same with brain points kept within 4 of the origin: without the level term
+        # they drift to radius 4.1-4.5 (validation), where float32 distances lose resolution.
+        "nimare-mnm-no-level-cones-cap": replace(
+            _NIMARE_MNM,
+            loss=replace(_NIMARE_MNM.loss, w_entail_levels=0.0),
+            model={"max_brain_radius": 4.0},
+        ),
         # Candidate for the text hierarchy: term maps as training pairs, every term the apex
         # of an entailment cone containing the text and brain points of its studies, and text
         # points kept at least 0.5 from the origin, out of the zone where cones are
-        # saturated (validation split only; not the default).
+        # saturated, and brain points within 4 of it (without that bound the cones drove them
+        # to radius 6.7-7.5, past float32's resolution) (validation split only; not the
+        # default).
         "nimare-mnm-cones": replace(
             _NIMARE_MNM,
             loss=replace(_NIMARE_MNM.loss, w_term_cones=0.1),
-            model={"min_text_radius": 0.5},
+            model={"min_text_radius": 0.5, "max_brain_radius": 4.0},
             term_maps=20,
         ),
         # MNM as its repository trains it: one-directional exterior-angle contrastive,

@@ -71,7 +71,13 @@ NEURAL_ROWS: dict[str, dict] = {
     "nimare-mnm v1": {"preset": "nimare-mnm-v1", "params": {}},
     # Ablation: v2 without the training term of the brain levels.
     "nimare-mnm without level cones": {"preset": "nimare-mnm-no-level-cones", "params": {}},
-    # Hierarchy candidate: term maps, term cones and a floor on the text radius.
+    # The same with the brain radius bounded by 4.
+    "nimare-mnm without level cones, brain radius <= 4": {
+        "preset": "nimare-mnm-no-level-cones-cap",
+        "params": {},
+    },
+    # Hierarchy candidate: term maps, term cones, a floor on the text radius and a bound on
+    # the brain radius.
     "nimare-mnm + term cones": {"preset": "nimare-mnm-cones", "params": {}},
 }
 
