@@ -161,6 +161,12 @@ def test_run_benchmark_end_to_end(data_dir, tmp_path):
     assert run["rows"]["CLIP (NeuroConText-style)"]["n_neighbours"] > 0
     for comp in (*run["comparisons"].values(), *run["decoding"]["comparisons"].values()):
         assert comp["low"] <= comp["high"] and comp["n_boot"] == 100
+    # Against every other row too; the best other row's interval is the verdict's.
+    for metric, comp in run["comparisons"].items():
+        assert set(run["pairwise"][metric]) == set(rows) - {MODEL}
+        assert run["pairwise"][metric][comp["against"]] == {
+            k: v for k, v in comp.items() if k != "against"
+        }
     assert run["decoding"]["rows"]["MNMDecoder"]["n_seeds"] == 2
     assert run["decoding"]["costs"]["NiMARE CorrelationDecoder"]["n_terms"] == 4
     assert run["commit"] and run["date"] and run["split"] == "validation"

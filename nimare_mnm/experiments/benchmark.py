@@ -67,15 +67,11 @@ NEURAL_ROWS: dict[str, dict] = {
         "params": {"batch_size": 4096, "learning_rate": 1e-4, "epochs": 200},
     },
     "nimare-mnm": {"preset": "nimare-mnm", "params": {}},
+    # Model v2 as first shipped: the default with the level term and no bound on the brain
+    # radius.
+    "nimare-mnm v2": {"preset": "nimare-mnm-v2", "params": {}},
     # The model before model v2: the text head reads MiniLM only.
     "nimare-mnm v1": {"preset": "nimare-mnm-v1", "params": {}},
-    # Ablation: v2 without the training term of the brain levels.
-    "nimare-mnm without level cones": {"preset": "nimare-mnm-no-level-cones", "params": {}},
-    # The same with the brain radius bounded by 4.
-    "nimare-mnm without level cones, brain radius <= 4": {
-        "preset": "nimare-mnm-no-level-cones-cap",
-        "params": {},
-    },
     # Hierarchy candidate: term maps, term cones, a floor on the text radius and a bound on
     # the brain radius.
     "nimare-mnm + term cones": {"preset": "nimare-mnm-cones", "params": {}},
@@ -562,6 +558,21 @@ def _comparisons(results: dict, n_test: int, n_boot: int, model: str = MODEL) ->
     return out
 
 
+def _pairwise(results: dict, n_test: int, n_boot: int, model: str = MODEL) -> dict:
+    """Paired bootstrap of ``model`` minus every other row, per figure and row."""
+    if model not in results:
+        return {}
+    out = {}
+    for metric in PER_STUDY:
+        a = results[model]["per_study"][metric]
+        out[metric] = {
+            name: _mean_difference(a, r["per_study"][metric], n_test, n_boot)
+            for name, r in results.items()
+            if name != model and metric in r["per_study"]
+        }
+    return out
+
+
 def _mean_difference(a: np.ndarray, b: np.ndarray, n: int, n_boot: int) -> dict:
     """Paired bootstrap of the difference of means of per-study values."""
     from nimare_mnm.evaluation import paired_bootstrap
@@ -699,6 +710,7 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
         "chance_recall@10": 100.0 * 10 / n_test,
         "rows": rows,
         "comparisons": _comparisons(results, n_test, cfg.n_bootstrap, cfg.model),
+        "pairwise": _pairwise(results, n_test, cfg.n_bootstrap, cfg.model),
         "decoding": decoding,
         "settings": {k: v for k, v in asdict(cfg).items() if k != "data_dir"},
         "total_seconds": time.perf_counter() - t_start,
@@ -779,6 +791,10 @@ def _ci_sentence(metric: str, comp: dict, model: str = MODEL) -> str:
     )
 
 
+def _difference_cell(comp: dict) -> str:
+    return f"{comp['difference']:+.3f} [{comp['low']:+.3f}, {comp['high']:+.3f}]"
+
+
 def _model_row(run: dict) -> str:
     """Return the row a run's comparisons are about (older runs: nimare-mnm)."""
     return run.get("settings", {}).get("model", MODEL)
@@ -792,6 +808,25 @@ def verdicts(run: dict) -> list[str]:
     for metric in ("text_to_brain_recall@10", "map_r", "per_term_auc", "per_term_auc_subset"):
         if metric in comparisons:
             lines.append(_ci_sentence(metric, comparisons[metric], _model_row(run)))
+    pairwise = run.get("pairwise", {})
+    if pairwise:
+        names = [r for r in run["rows"] if any(r in pairwise[m] for m in pairwise)]
+        lines += [
+            "",
+            f"Paired differences, {_model_row(run)} minus each row (95 % CI):",
+            "",
+            _markdown_table(
+                ["row", *(_LABELS.get(m, m) for m in pairwise)],
+                [
+                    [name]
+                    + [
+                        _difference_cell(pairwise[m][name]) if name in pairwise[m] else "n/a"
+                        for m in pairwise
+                    ]
+                    for name in names
+                ],
+            ),
+        ]
     model = run["rows"].get(_model_row(run))
     if model is None:
         return lines
