@@ -374,7 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--preset",
         default="nimare-mnm",
-        help="nimare-mnm (default), nimare-mnm-v1, nimare-mnm-cones, mnm, meru or clip",
+        help=(
+            "nimare-mnm (default), nimare-mnm-v2, nimare-mnm-v1, nimare-mnm-cones, mnm, meru "
+            "or clip"
+        ),
     )
     fit.add_argument("--epochs", type=positive_int, default=40, help="training epochs")
     fit.add_argument(

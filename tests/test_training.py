@@ -46,16 +46,15 @@ def small(text, brain, **kw):
 def test_learns_linked_pairs():
     text, brain = linked_corpus()
     spec = PRESETS["nimare-mnm"]
-    with pytest.warns(UserWarning, match="no level layout"):
-        res = train(
-            text,
-            brain,
-            model_config=small(text, brain),
-            loss_config=spec.loss,
-            train_config=TrainConfig(
-                epochs=40, batch_size=64, lr=3e-3, patience=40, show_progress=False
-            ),
-        )
+    res = train(
+        text,
+        brain,
+        model_config=small(text, brain, **spec.model),
+        loss_config=spec.loss,
+        train_config=TrainConfig(
+            epochs=40, batch_size=64, lr=3e-3, patience=40, show_progress=False
+        ),
+    )
     losses = [h["total"] for h in res.history]
     assert losses[-1] < 0.5 * losses[0]
     model = res.model
@@ -68,6 +67,22 @@ def test_learns_linked_pairs():
     assert np.mean(top1[fit] == fit) >= 0.9
     assert res.best_val_recall_at_10 > 50  # generalises to held-out studies
     assert res.history[res.best_epoch]["val_recall_at_10"] == res.best_val_recall_at_10
+    # The default bounds the brain radius.
+    assert model.radius(b).max() < spec.model["max_brain_radius"]
+
+
+def test_level_term_without_level_layout_warns():
+    text, brain = linked_corpus()
+    spec = PRESETS["nimare-mnm-v2"]  # model v2 as first shipped trained a level term
+    assert spec.loss.w_entail_levels > 0
+    with pytest.warns(UserWarning, match="no level layout"):
+        train(
+            text,
+            brain,
+            model_config=small(text, brain),
+            loss_config=spec.loss,
+            train_config=TrainConfig(epochs=1, batch_size=64, show_progress=False),
+        )
 
 
 @pytest.mark.parametrize(
