@@ -21,7 +21,9 @@ from nimare_mnm.experiments.benchmark import (
     MODEL,
     BenchmarkConfig,
     _ci_sentence,
+    _comparisons,
     _decoding,
+    _pairwise,
     _prepare,
     _vector_row,
     run_benchmark,
@@ -54,6 +56,32 @@ def test_verdicts_follow_the_interval(low, high, word):
         "n_boot": 1000,
     }
     assert word in _ci_sentence("map_r", comp)
+
+
+def test_paired_intervals_against_every_row_and_the_best():
+    """The compared row against each other row is a paired bootstrap of per-study
+    differences; the verdict's row is the other row with the best mean."""
+    rng = np.random.default_rng(0)
+    n = 200
+    base = rng.normal(size=n)
+    per_study = {
+        MODEL: base + 0.5,
+        "weak": base - 1.0 + 0.1 * rng.normal(size=n),
+        "strong": base + 0.4 + 0.1 * rng.normal(size=n),
+    }
+    results = {
+        name: {"per_study": {"map_r": v, "text_to_brain_recall@10": v}}
+        for name, v in per_study.items()
+    }
+    pairwise = _pairwise(results, n, 500)
+    for metric in ("map_r", "text_to_brain_recall@10"):
+        assert set(pairwise[metric]) == {"weak", "strong"}
+        weak, strong = pairwise[metric]["weak"], pairwise[metric]["strong"]
+        # Paired: the shared per-study noise cancels, so the intervals are narrow.
+        assert 1.4 < weak["low"] < weak["difference"] < weak["high"] < 1.6
+        assert 0.05 < strong["low"] < strong["difference"] < strong["high"] < 0.15
+    comparisons = _comparisons(results, pairwise)
+    assert comparisons["map_r"] == {"against": "strong", **pairwise["map_r"]["strong"]}
 
 
 @pytest.mark.slow

@@ -540,21 +540,14 @@ def _aggregate(runs: list[dict]) -> dict:
     return out
 
 
-def _comparisons(results: dict, n_test: int, n_boot: int, model: str = MODEL) -> dict:
-    """Paired bootstrap of ``model`` minus the best other row, per figure."""
-    if model not in results:
-        return {}
+def _comparisons(results: dict, pairwise: dict, model: str = MODEL) -> dict:
+    """``model`` minus the best other row, per figure: that row's entry of ``pairwise``."""
     out = {}
-    for metric in PER_STUDY:
-        others = {
-            name: r for name, r in results.items() if name != model and metric in r["per_study"]
-        }
-        if not others:
+    for metric, against in pairwise.items():
+        if not against:
             continue
-        best = max(others, key=lambda n: float(np.mean(others[n]["per_study"][metric])))
-        a = results[model]["per_study"][metric]
-        b = others[best]["per_study"][metric]
-        out[metric] = {"against": best, **_mean_difference(a, b, n_test, n_boot)}
+        best = max(against, key=lambda n: float(np.mean(results[n]["per_study"][metric])))
+        out[metric] = {"against": best, **against[best]}
     return out
 
 
@@ -699,6 +692,7 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
             if "radius" in entry["runs"][0]
             else None,
         }
+    pairwise = _pairwise(results, n_test, cfg.n_bootstrap, cfg.model)
     run = {
         "split": cfg.split,
         "split_rule": "protocol_split: ids sorted, default_rng(0) permutation, first 10 % "
@@ -709,8 +703,8 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir=None) -> dict:
         "scored_ids_disjoint_from_shipped_model": _shipped_model_disjoint(data.test.ids),
         "chance_recall@10": 100.0 * 10 / n_test,
         "rows": rows,
-        "comparisons": _comparisons(results, n_test, cfg.n_bootstrap, cfg.model),
-        "pairwise": _pairwise(results, n_test, cfg.n_bootstrap, cfg.model),
+        "comparisons": _comparisons(results, pairwise, cfg.model),
+        "pairwise": pairwise,
         "decoding": decoding,
         "settings": {k: v for k, v in asdict(cfg).items() if k != "data_dir"},
         "total_seconds": time.perf_counter() - t_start,
