@@ -303,7 +303,7 @@ class MNMEncoder(NiMAREBase):
                     term_views = np.repeat(term_text[:, None], views.shape[1], axis=1)
                     views = np.concatenate([views, term_views])
         cone_text = cone_usage = None
-        if spec.loss.w_term_cones and term_maps is not None:
+        if spec.loss.needs_terms and term_maps is not None:
             cone_text, cone_usage = term_text, _term_usage_rows(term_maps, arrays.ids, len(text))
         result = train(
             text,

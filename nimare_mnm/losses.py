@@ -27,6 +27,11 @@ Terms (all computed in full fp32):
     :mod:`nimare_mnm.term_maps`) is the apex of a cone that should contain the text and
     brain points of the training studies using it. A term used by many different studies
     needs a wide cone, which only a point near the origin has.
+``term_mean``
+    Each vocabulary term's point is drawn to the hyperbolic mean of the text points of the
+    training studies using it; the mean of many dissimilar studies lies nearer the origin
+    than that of a few similar ones. The mean of all the batch's text points, the root every
+    study shares, is drawn to the origin.
 ``reconstruction``
     1 - Pearson r between the decoder's prediction from the text point and the study's
     brain vector.
@@ -57,11 +62,15 @@ class LossConfig:
     symmetric : :obj:`bool`, default=True
         Add the brain -> text direction to the contrastive term.
     w_contrastive, w_centroid, w_hierarchy, w_entail_text_brain, w_entail_levels, \
-w_reconstruction, w_view_order, w_term_cones : :obj:`float`
+w_reconstruction, w_view_order, w_term_cones, w_term_mean : :obj:`float`
         Term weights; 0 switches a term off. ``view_order`` (used with query views, see
         :func:`nimare_mnm.training.train`) asks a study's short view to lie nearer the origin
         than its full text, by ``view_margin`` in log distance: a title or a few terms say
-        less, so they are more general.
+        less, so they are more general. ``term_mean`` draws each vocabulary term's point to
+        the hyperbolic mean of the text points of the studies that use it (those held fixed):
+        the squared distance between them, over the studies' mean squared radius. The mean
+        of many studies that point in different directions lies nearer the origin than the
+        mean of a few similar ones, so a term used widely ends nearer the origin.
     centroid_text_radius, centroid_brain_radius : :obj:`float`
         Target distances of the batch centroids from the origin (MNM).
     level_direction : {"whole_to_part", "part_to_whole"}, default="part_to_whole"
@@ -82,6 +91,7 @@ w_reconstruction, w_view_order, w_term_cones : :obj:`float`
     w_reconstruction: float = 0.0
     w_view_order: float = 0.0
     w_term_cones: float = 0.0
+    w_term_mean: float = 0.0
     view_margin: float = 0.2
     centroid_text_radius: float = 1.0
     centroid_brain_radius: float = 2.0
@@ -104,6 +114,11 @@ w_reconstruction, w_view_order, w_term_cones : :obj:`float`
     def needs_levels(self) -> bool:
         """Whether level maps must be encoded."""
         return self.w_entail_levels > 0
+
+    @property
+    def needs_terms(self) -> bool:
+        """Whether vocabulary terms and the studies that use them are needed."""
+        return self.w_term_cones > 0 or self.w_term_mean > 0
 
     def to_dict(self) -> dict:
         """Return the configuration as a JSON-serialisable dict."""
@@ -158,7 +173,7 @@ def compute_losses(
         ``text`` are short views of them (b,) (needed by ``view_order``).
     term_text, term_child : :class:`torch.Tensor`, optional
         Text embeddings of vocabulary terms (m, text_dim) and, for each, the row of the batch
-        of a study that uses it (m,) (needed by ``term_cones``).
+        of a study that uses it (m,) (needed by ``term_cones`` and ``term_mean``).
 
     Returns
     -------
@@ -231,21 +246,35 @@ def compute_losses(
         loss = torch.relu(gap + config.view_margin).mean() if len(views) else gap.sum()
         terms["view_order"] = config.w_view_order * loss
 
-    if config.w_term_cones > 0 and term_text is not None:
+    if config.needs_terms and term_text is not None:
         if term_child is None or len(term_child) != len(term_text):
-            raise ValueError("The term cone term needs one batch row per term.")
-        if len(term_text):
-            apex = model.encode_text(term_text)
-            loss = (
-                0.5
-                * (
-                    lorentz.entailment_loss(apex, text_pts[term_child], c, config.min_radius)
-                    + lorentz.entailment_loss(apex, brain_pts[term_child], c, config.min_radius)
-                ).mean()
-            )
-        else:  # no study of this batch uses a term: keep the graph, add nothing
-            loss = text_pts.sum() * 0.0
-        terms["term_cones"] = config.w_term_cones * loss
+            raise ValueError("The term cone and term mean terms need one batch row per term.")
+        apex = model.encode_text(term_text) if len(term_text) else None
+        child = text_pts[term_child] if len(term_text) else None
+        empty = text_pts.sum() * 0.0  # no study of this batch uses a term: keep the graph
+        if config.w_term_cones > 0:
+            if apex is None:
+                loss = empty
+            else:
+                text_cone = lorentz.entailment_loss(apex, child, c, config.min_radius)
+                brain_cone = lorentz.entailment_loss(
+                    apex, brain_pts[term_child], c, config.min_radius
+                )
+                loss = 0.5 * (text_cone + brain_cone).mean()
+            terms["term_cones"] = config.w_term_cones * loss
+        if config.w_term_mean > 0:
+            # The root of the vocabulary, used by every study, is the origin: the mean of the
+            # batch's text points is drawn to it (these points move). Scale-free, as below.
+            spread = lorentz.dist0(all_text.detach(), c).pow(2).mean()
+            root = lorentz.dist0(lorentz.centroid(all_text, c), c).pow(2)
+            loss = root / spread.clamp_min(lorentz.eps_for(all_text.dtype))
+            if apex is not None:
+                child = child.detach()
+                # The squared distance over the studies' mean squared radius, so shrinking
+                # every text point does not lower it.
+                spread = model.radius(child).pow(2).mean().clamp_min(lorentz.eps_for(child.dtype))
+                loss = loss + lorentz.dist(apex, child, c).pow(2).mean() / spread
+            terms["term_mean"] = config.w_term_mean * loss
 
     if config.w_reconstruction > 0:
         terms["reconstruction"] = config.w_reconstruction * _pearson_loss(

@@ -261,10 +261,12 @@ def train(
         Probability of using a view instead of the full text.
     term_text : :class:`numpy.ndarray`, optional
         (n_terms, text_dim) text embeddings of vocabulary terms, the apexes of the term cones
-        (the loss's ``w_term_cones``).
+        and the points drawn to their studies' mean (the loss's ``w_term_cones`` and
+        ``w_term_mean``).
     term_usage : sparse matrix, optional
         (n, n_terms) boolean: row uses term. At each step every study of the batch that uses
-        a term is paired with one of its terms, drawn at random, whose cone should contain it.
+        a term is paired with one of its terms, drawn at random, whose cone should contain it
+        and whose point is drawn towards it.
 
     Returns
     -------
@@ -311,16 +313,18 @@ def train(
             )
         if not np.isfinite(term_text).all():
             raise ValueError("Term embeddings contain NaN or infinite values.")
-        if not loss_cfg.w_term_cones:
+        if not loss_cfg.needs_terms:
             warnings.warn(
-                "Term embeddings were given but w_term_cones is 0: they are not used.",
+                "Term embeddings were given but w_term_cones and w_term_mean are 0: they are "
+                "not used.",
                 UserWarning,
                 stacklevel=2,
             )
-    elif loss_cfg.w_term_cones:
+    elif loss_cfg.needs_terms:
         warnings.warn(
-            f"The term cone term (w_term_cones={loss_cfg.w_term_cones}) is skipped: no "
-            "term_text/term_usage were given.",
+            f"The term cone and term mean terms (w_term_cones={loss_cfg.w_term_cones}, "
+            f"w_term_mean={loss_cfg.w_term_mean}) are skipped: no term_text/term_usage were "
+            "given.",
             UserWarning,
             stacklevel=2,
         )

@@ -381,6 +381,115 @@ def test_term_cone_term_by_hand():
         compute_losses(model, text, brain, cfg, term_text=term_text, term_child=child[:2])
 
 
+def test_term_mean_term_by_hand():
+    """Each term's point is drawn to the text point of the batch row it is paired with (the
+    mean squared geodesic distance over the children's mean squared radius, children fixed),
+    and the mean of the batch's text points to the origin (the same, over their mean squared
+    radius)."""
+    rng = np.random.default_rng(2)
+    torch.manual_seed(0)
+    model = MNMModel(MNMConfig(8, 20, embed_dim=6, hidden_dim=16, dropout=0.0)).eval()
+    brain = torch.as_tensor(prepare_brain(rng.random((5, 20)).astype(np.float32) + 0.01)["brain"])
+    text = torch.as_tensor(rng.normal(size=(5, 8)), dtype=torch.float32)
+    term_text = torch.as_tensor(rng.normal(size=(3, 8)), dtype=torch.float32)
+    child = torch.tensor([4, 0, 4])
+    with torch.no_grad():
+        apex = model.encode_text(term_text).double().numpy()
+        points = model.encode_text(text).double().numpy()
+    kids = points[child]
+    c = float(model.curvature.detach())
+
+    # Textbook hyperboloid formulas: time coordinate sqrt(1/c + |x|^2), distance
+    # acosh(c (x_t y_t - <x, y>)) / sqrt(c), distance to the origin asinh(sqrt(c) |x|) /
+    # sqrt(c); the centroid of points is their ambient sum rescaled onto the hyperboloid.
+    def time(x):
+        return np.sqrt(1 / c + (x**2).sum(-1))
+
+    def radius(x):
+        return np.arcsinh(np.sqrt(c) * np.linalg.norm(x, axis=-1)) / np.sqrt(c)
+
+    dist = np.arccosh(c * (time(apex) * time(kids) - (apex * kids).sum(1))) / np.sqrt(c)
+    total = np.concatenate([time(points).sum(keepdims=True), points.sum(0)])
+    centre = total[1:] / np.sqrt(c * (total[0] ** 2 - (total[1:] ** 2).sum()))
+    root = radius(centre) ** 2 / (radius(points) ** 2).mean()
+    pairs = (dist**2).mean() / (radius(kids) ** 2).mean()
+    assert root > 0.01 and pairs > 0.1  # the comparisons are not 0 == 0
+    cfg = LossConfig(w_contrastive=0.0, w_term_mean=0.7)
+    grads = {}
+    for name, n in (("with terms", 3), ("no terms", 0)):
+        x = text.clone().requires_grad_(True)
+        t = term_text[:n].clone().requires_grad_(True)
+        terms = compute_losses(model, x, brain, cfg, term_text=t, term_child=child[:n])
+        value = float(terms["term_mean"].detach())
+        expected = 0.7 * (root + pairs) if n else 0.7 * root
+        assert value == pytest.approx(expected, rel=1e-4), name
+        terms["total"].backward()
+        grads[name] = x.grad
+        if n:
+            assert t.grad.abs().sum() > 0
+    # The terms' pull leaves the studies' points where they are: only the root moves them.
+    torch.testing.assert_close(grads["with terms"], grads["no terms"])
+    assert grads["no terms"].abs().sum() > 0
+    # Shrinking every point towards the origin does not lower it.
+    with torch.no_grad():
+        full = compute_losses(model, text, brain, cfg, term_text=term_text, term_child=child)
+        model.log_text_alpha -= 2.0
+        shrunk = compute_losses(model, text, brain, cfg, term_text=term_text, term_child=child)
+    assert float(shrunk["term_mean"]) == pytest.approx(float(full["term_mean"]), rel=0.05)
+
+
+def test_term_mean_puts_general_terms_nearer_the_origin():
+    """A synthetic vocabulary with a known hierarchy: each general term is used by every
+    study of two specific terms, whose studies point in different directions. Drawn to the
+    mean of its studies, every general term ends nearer the origin than its specific terms;
+    without the term nothing orders them."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(3)
+    n_general, per_term, text_dim, brain_dim = 4, 20, 32, 60
+    n_terms = 3 * n_general  # general term g is term g, its specific terms 4 + 2 g and 5 + 2 g
+    general, specific, latents, usage = [], [], [], []
+
+    def unit(v):  # every term latent has the same norm: the input does not give away which
+        return 4.0 * v / np.linalg.norm(v)
+
+    for g in range(n_general):
+        general.append(unit(rng.normal(size=12)))
+        for s in range(2):
+            specific.append(unit(general[-1] + 3.0 * rng.normal(size=12)))
+            for _ in range(per_term):
+                latents.append(specific[-1] + 0.5 * rng.normal(size=12))
+                row = np.zeros(n_terms, bool)
+                row[[g, n_general + 2 * g + s]] = True
+                usage.append(row)
+    text_map = rng.normal(size=(12, text_dim))
+    brain_map = rng.normal(size=(12, brain_dim))
+    text = np.tanh(np.asarray(latents) @ text_map / 3).astype(np.float32)
+    brain = np.exp(0.3 * np.asarray(latents) @ brain_map).astype(np.float32)
+    term_text = np.tanh(np.asarray(general + specific) @ text_map / 3).astype(np.float32)
+    usage = sparse.csr_matrix(np.asarray(usage))
+    radius = {}
+    for weight in (0.0, 1.0):
+        result = train(
+            text,
+            brain,
+            model_config=small(text, brain),
+            loss_config=LossConfig(contrastive="angle", w_term_mean=weight),
+            train_config=TrainConfig(
+                epochs=40, batch_size=32, lr=3e-3, patience=40, show_progress=False, seed=0
+            ),
+            term_text=term_text if weight else None,
+            term_usage=usage if weight else None,
+        )
+        with torch.no_grad():
+            points = result.model.encode_text(torch.as_tensor(term_text))
+            radius[weight] = result.model.radius(points).numpy()
+    specific = radius[1.0][n_general:].reshape(n_general, 2)
+    assert (radius[1.0][:n_general, None] < specific).all(), radius[1.0]
+    control = radius[0.0][n_general:].reshape(n_general, 2)
+    assert not (radius[0.0][:n_general, None] < control).all(), radius[0.0]
+
+
 def test_each_study_is_paired_with_one_of_its_own_terms():
     from scipy import sparse
 

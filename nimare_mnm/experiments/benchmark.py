@@ -75,6 +75,8 @@ NEURAL_ROWS: dict[str, dict] = {
     # Hierarchy candidate: term maps, term cones, a floor on the text radius and a bound on
     # the brain radius.
     "nimare-mnm + term cones": {"preset": "nimare-mnm-cones", "params": {}},
+    # Hierarchy candidate: term maps, each term drawn to the mean of its studies' text points.
+    "nimare-mnm + term means": {"preset": "nimare-mnm-term-means", "params": {}},
 }
 
 #: Every row, in table order.
