@@ -488,7 +488,8 @@ def encoder_contents(encoder) -> tuple[dict, dict]:
         JSON-serialisable: parameters, similarity, level specification, region names,
         vectoriser settings, training record, vocabulary.
     arrays : :obj:`dict`
-        Brain-vector assignment, study ids and points, region labels per level.
+        Brain-vector assignment, study ids and points, region labels per level, and for
+        models trained on term maps the studies behind each map (CSR ``indptr``/``indices``).
     """
     vec = encoder.vectorizer_
     params = encoder.get_params(deep=False)
@@ -534,6 +535,16 @@ def encoder_contents(encoder) -> tuple[dict, dict]:
         arrays[f"regions.{level.name}"] = encoder.region_labels_[level.name].astype(np.int16)
     if hasattr(encoder, "study_vectors_"):
         arrays["studies.vectors"] = encoder.study_vectors_
+    sources = getattr(encoder, "term_map_sources_", None)
+    if sources is not None:
+        # Which training studies built each term map (columns follow the study ids).
+        config["term_map_terms"] = [str(t) for t in encoder.term_map_terms_]
+        arrays["term_maps.indptr"] = np.asarray(sources.indptr, dtype=np.int64)
+        # Column indices fit 16 bits for up to 65,536 studies (half the size of int32).
+        small = sources.shape[1] <= np.iinfo(np.uint16).max + 1
+        arrays["term_maps.indices"] = np.asarray(
+            sources.indices, dtype=np.uint16 if small else np.int32
+        )
     return config, arrays
 
 

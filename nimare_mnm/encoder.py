@@ -121,6 +121,11 @@ class MNMEncoder(NiMAREBase):
     term_features_ : :class:`~nimare_mnm.term_features.TermFeatures` or None
         The vocabulary terms whose TF-IDF the text head reads beside the sentence embedding
         (presets with ``term_features``), fitted on the training texts; None otherwise.
+    term_map_terms_, term_map_sources_ : :class:`numpy.ndarray`, sparse matrix or None
+        Presets with ``term_maps`` only: the terms whose maps the model trained on and, as an
+        (n_terms, n_studies) boolean CSR matrix whose columns follow ``study_ids_``, the
+        training studies that built each map (never a validation study); see
+        :meth:`term_map_studies`. None otherwise.
     confidence_threshold_ : :obj:`float`
         Queries less confident than this get a warning: the confidence that 1 % of the
         validation studies' titles fall below (NaN when not calibrated).
@@ -331,6 +336,11 @@ class MNMEncoder(NiMAREBase):
         self.validation_ids_ = np.asarray(
             [str(i) for i in arrays.ids[result.val_rows]], dtype=object
         )
+        self.term_map_terms_ = self.term_map_sources_ = None
+        if term_maps is not None:
+            self.term_map_terms_ = np.asarray(term_maps.terms, dtype=object)
+            self.term_map_sources_ = _term_usage_rows(term_maps, arrays.ids, len(arrays.ids)).T
+            self.term_map_sources_ = self.term_map_sources_.tocsr()
         if self.model_.decoder is None:
             self.n_neighbours_ = _choose_neighbours(
                 self.study_text_points_,
@@ -671,6 +681,36 @@ class MNMEncoder(NiMAREBase):
             UserWarning,
             stacklevel=stacklevel,
         )
+
+    def term_map_studies(self, term: str) -> np.ndarray:
+        """Ids of the training studies whose mean map was ``term``'s map during training.
+
+        Parameters
+        ----------
+        term : :obj:`str`
+            A term of ``term_map_terms_``.
+
+        Returns
+        -------
+        :class:`numpy.ndarray`
+            Study ids (strings), in ``study_ids_`` order.
+
+        Raises
+        ------
+        ValueError
+            The model was not trained on term maps.
+        KeyError
+            ``term`` had no map (too few training studies use it).
+        """
+        self._check_fitted()
+        if getattr(self, "term_map_sources_", None) is None:
+            raise ValueError(
+                "This model was not trained on term maps (its preset sets no term_maps)."
+            )
+        where = np.flatnonzero(self.term_map_terms_ == term)
+        if not len(where):
+            raise KeyError(f"No term map for {term!r}: too few training studies use it.")
+        return self.study_ids_[self.term_map_sources_[where[0]].indices]
 
     def radius(self, text) -> np.ndarray:
         """Distance of each text's point to the origin (hyperbolic; lower: more general).
@@ -1037,6 +1077,33 @@ class MNMEncoder(NiMAREBase):
         encoder.weights_sha256_ = config.get("sha256")
         encoder.training_ = {**config.get("training", {}), "history": config.get("history", [])}
         encoder._load_vocabulary(config, contents.path)
+        encoder.term_map_terms_ = encoder.term_map_sources_ = None
+        if config.get("term_map_terms"):
+            import scipy.sparse as sp
+
+            terms = np.asarray(config["term_map_terms"], dtype=object)
+            indptr = contents.arrays.get("term_maps.indptr")
+            indices = contents.arrays.get("term_maps.indices")
+            n = len(encoder.study_ids_)
+            if (
+                indptr is None
+                or indices is None
+                or len(indptr) != len(terms) + 1
+                or indptr[-1] != len(indices)
+            ):
+                raise ValueError(
+                    f"The checkpoint in {contents.path}: term map sources are incomplete."
+                )
+            indices = indices.astype(np.int64)
+            if len(indices) and (indices.min() < 0 or indices.max() >= n):
+                raise ValueError(
+                    f"The checkpoint in {contents.path}: term map sources point past its studies."
+                )
+            encoder.term_map_terms_ = terms
+            encoder.term_map_sources_ = sp.csr_matrix(
+                (np.ones(len(indices), dtype=bool), indices, indptr.astype(np.int64)),
+                shape=(len(terms), n),
+            )
         encoder.term_features_ = None
         if config.get("term_features"):
             from nimare_mnm.term_features import TermFeatures

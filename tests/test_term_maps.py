@@ -96,7 +96,7 @@ def test_bad_inputs_are_refused():
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_encoder_trains_on_term_maps_of_its_training_rows_only(neuroquery, data_dir):
+def test_encoder_trains_on_term_maps_of_its_training_rows_only(neuroquery, data_dir, tmp_path):
     from nimare_mnm import MNMEncoder
     from nimare_mnm.datasets import NEUROQUERY_GROUP, term_usage
     from nimare_mnm.utils import ids_digest
@@ -121,3 +121,16 @@ def test_encoder_trains_on_term_maps_of_its_training_rows_only(neuroquery, data_
     order = [i for i in np.asarray(enc.study_ids_).astype(str) if i in set(expected)]
     assert record["source_ids_sha256"] == ids_digest(order)
     assert not set(order) & set(enc.validation_ids_)
+    # The model records which studies built each map, and its checkpoint keeps the record.
+    assert list(enc.term_map_terms_) == list(np.asarray(terms)[kept])
+    for j in np.flatnonzero(kept)[:20]:
+        users = set(usage_ids[rows[np.asarray(usage[rows][:, j].todense()).ravel() > 0]])
+        assert set(enc.term_map_studies(terms[j])) == users
+    with pytest.raises(KeyError, match="too few training studies"):
+        enc.term_map_studies(str(np.asarray(terms)[~kept][0]))
+    enc.save_checkpoint(tmp_path / "ckpt")
+    loaded = MNMEncoder.from_checkpoint(tmp_path / "ckpt", device="cpu")
+    assert list(loaded.term_map_terms_) == list(enc.term_map_terms_)
+    assert (loaded.term_map_sources_ != enc.term_map_sources_).nnz == 0
+    word = str(enc.term_map_terms_[0])
+    assert list(loaded.term_map_studies(word)) == list(enc.term_map_studies(word))
