@@ -375,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="nimare-mnm",
         help=(
-            "nimare-mnm (default), nimare-mnm-v2, nimare-mnm-v1, nimare-mnm-cones, mnm, meru "
-            "or clip"
+            "nimare-mnm (default), nimare-mnm-v2.1, nimare-mnm-v2, nimare-mnm-v1, "
+            "nimare-mnm-cones, mnm, meru or clip"
         ),
     )
     fit.add_argument("--epochs", type=positive_int, default=40, help="training epochs")

@@ -49,8 +49,8 @@ class MNMEncoder(NiMAREBase):
 
     Parameters
     ----------
-    preset : {"nimare-mnm", "nimare-mnm-v2", "nimare-mnm-v1", "nimare-mnm-cones", "mnm", \
-"meru", "clip"}, default="nimare-mnm"
+    preset : {"nimare-mnm", "nimare-mnm-v2.1", "nimare-mnm-v2", "nimare-mnm-v1", \
+"nimare-mnm-cones", "mnm", "meru", "clip"}, default="nimare-mnm"
         Objective, geometry and text input (see :data:`nimare_mnm.presets.PRESETS`).
     text_model : :obj:`str` or object with an ``encode`` method, default="all-MiniLM-L6-v2"
         Sentence encoder: the offline default, a local folder or a Hugging Face name (run

@@ -117,22 +117,40 @@ _NIMARE_MNM_V1 = Preset(
 # validation).
 _NIMARE_MNM_V2 = replace(_NIMARE_MNM_V1, term_features=10)
 
-# The default: v2 without the entailment term between a whole-brain map and its Yeo-7, Yeo-17
-# and subcortical maps, and brain points kept within 4 of the origin. The per-level outputs
-# do not depend on that term (they summarise the decoded map per region). Validation split,
-# 3 seeds, against v2 in the same run (benchmarks/results/level-cones-cap-validation):
-# text->brain Recall@10 and map r not distinguishable (see that run's verdicts), a fit about
-# 3 times faster. Without the bound the brain points drifted to radius 4.1-4.5, where float32
+# v2.1: v2 without the entailment term between a whole-brain map and its Yeo-7, Yeo-17 and
+# subcortical maps, and brain points kept within 4 of the origin. The per-level outputs do not
+# depend on that term (they summarise the decoded map per region). Validation split, 3 seeds,
+# against v2 in the same run (benchmarks/results/level-cones-cap-validation): text->brain
+# Recall@10 and map r not distinguishable (see that run's verdicts), the fit 2.4-2.7 times
+# faster. Without the bound the brain points drifted to radius 4.1-4.5, where float32
 # distances lose resolution (level-cones-validation).
-_NIMARE_MNM = replace(
+_NIMARE_MNM_V21 = replace(
     _NIMARE_MNM_V2,
     loss=replace(_NIMARE_MNM_V2.loss, w_entail_levels=0.0),
     model={"max_brain_radius": 4.0},
 )
 
+# The default: v2.1, and a text hierarchy. Every NeuroQuery term used by at least 20 training
+# studies (never the studies training validates on) becomes a training pair with its term map,
+# its point is drawn to the hyperbolic mean of its studies' text points, and the mean of all
+# text points to the origin (w_term_mean). A term used by many different studies so lands
+# nearer the origin than a specific one. Validation split, 3 seeds, against v2.1 in the same
+# run (benchmarks/results/term-means-validation): generality rho -0.56 against +0.01, ladders
+# outward 5.3 of 8 against 0.3, decoding per-term AUC 0.618 against 0.601, text->brain
+# Recall@10 and map r not distinguishable. Scouting (one seed): weight 1.0 gave rho -0.79 but
+# Recall@10 13.9 against 16.4 at 0.3; term maps alone rho -0.15; without the origin as root the
+# frequent terms moved outward (rho +0.30), towards the off-centre mean of the study texts.
+_NIMARE_MNM = replace(
+    _NIMARE_MNM_V21,
+    loss=replace(_NIMARE_MNM_V21.loss, w_term_mean=0.3),
+    term_maps=20,
+)
+
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
         "nimare-mnm": _NIMARE_MNM,
+        # The default before the text hierarchy (no term maps, no term means).
+        "nimare-mnm-v2.1": _NIMARE_MNM_V21,
         # Model v2 as first shipped (with the level term), kept for comparison.
         "nimare-mnm-v2": _NIMARE_MNM_V2,
         # The model shipped before model v2 (MiniLM only), kept for comparison.
@@ -147,16 +165,6 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             _NIMARE_MNM_V2,
             loss=replace(_NIMARE_MNM_V2.loss, w_term_cones=0.1),
             model={"min_text_radius": 0.5, "max_brain_radius": 4.0},
-            term_maps=20,
-        ),
-        # Candidate for the text hierarchy, built on the default: term maps as training
-        # pairs, each term drawn to the hyperbolic mean of its studies' text points and the
-        # mean of all text points to the origin (w_term_mean). Validation split, one seed
-        # (scouting): weight 0.3 gave generality rho -0.51 and 7 of 8 ladders outward, 1.0
-        # gave -0.79 but text->brain Recall@10 13.9 against 16.4; term maps alone -0.15.
-        "nimare-mnm-term-means": replace(
-            _NIMARE_MNM,
-            loss=replace(_NIMARE_MNM.loss, w_term_mean=0.3),
             term_maps=20,
         ),
         # MNM as its repository trains it: one-directional exterior-angle contrastive,

@@ -24,7 +24,7 @@ import os
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -244,7 +244,8 @@ def train(
     model_config : :class:`~nimare_mnm.model.MNMConfig`, optional
         Architecture; defaults to nimare-mnm's for these dimensions.
     loss_config : :class:`~nimare_mnm.losses.LossConfig`, optional
-        Objective; defaults to the ``"nimare-mnm"`` preset.
+        Objective; defaults to the ``"nimare-mnm"`` preset's, without its vocabulary-term
+        terms when no ``term_text`` is given.
     train_config : :class:`TrainConfig`, optional
         Optimisation settings.
     layout : :class:`~nimare_mnm.model.LevelLayout`, optional
@@ -275,7 +276,11 @@ def train(
     """
     t_start = time.perf_counter()
     cfg = train_config or TrainConfig()
-    loss_cfg = loss_config or PRESETS["nimare-mnm"].loss
+    loss_cfg = loss_config
+    if loss_cfg is None:
+        loss_cfg = PRESETS["nimare-mnm"].loss
+        if term_text is None:  # the default's vocabulary-term terms need the terms
+            loss_cfg = replace(loss_cfg, w_term_cones=0.0, w_term_mean=0.0)
     text = np.asarray(text, dtype=np.float32)
     if text.ndim != 2 or len(text) != len(brain):
         raise ValueError(

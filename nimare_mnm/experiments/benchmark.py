@@ -67,6 +67,8 @@ NEURAL_ROWS: dict[str, dict] = {
         "params": {"batch_size": 4096, "learning_rate": 1e-4, "epochs": 200},
     },
     "nimare-mnm": {"preset": "nimare-mnm", "params": {}},
+    # The default before the text hierarchy: v2 without the level term, brain radius <= 4.
+    "nimare-mnm v2.1": {"preset": "nimare-mnm-v2.1", "params": {}},
     # Model v2 as first shipped: the default with the level term and no bound on the brain
     # radius.
     "nimare-mnm v2": {"preset": "nimare-mnm-v2", "params": {}},
@@ -75,8 +77,6 @@ NEURAL_ROWS: dict[str, dict] = {
     # Hierarchy candidate: term maps, term cones, a floor on the text radius and a bound on
     # the brain radius.
     "nimare-mnm + term cones": {"preset": "nimare-mnm-cones", "params": {}},
-    # Hierarchy candidate: term maps, each term drawn to the mean of its studies' text points.
-    "nimare-mnm + term means": {"preset": "nimare-mnm-term-means", "params": {}},
 }
 
 #: Every row, in table order.
