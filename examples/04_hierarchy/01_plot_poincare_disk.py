@@ -101,9 +101,9 @@ for name, points in [
 ###############################################################################
 # The whole disk
 # --------------
-# Texts (terms and study texts) and brain maps occupy different shells: the entailment
-# objective pulls the texts towards the origin, where a point's entailment cone is widest,
-# and pushes the maps outwards into those cones. A few studies are joined to their own map.
+# Texts (terms and study texts) and brain maps occupy different shells: the texts sit close
+# to the origin (training draws their mean to it, the root of the term hierarchy), the maps
+# far out. A few studies are joined to their own map.
 rng = np.random.default_rng(0)
 shown = rng.choice(len(study_text), size=1500, replace=False)
 fig, ax = plt.subplots(figsize=(6.5, 6.5))
@@ -123,11 +123,12 @@ ax.set_title("Pretrained model in the Poincaré disk")
 ###############################################################################
 # Zoom on the terms
 # -----------------
-# All texts share one direction away from the origin (the left of the disk above), which
-# hides how they differ from one another. Here the terms are drawn again, at the same exact
-# radii, with angles from the principal plane of the *term* tangent vectors alone (centred),
-# and the terms nearest to the origin (most general, in red) and farthest from it (most
-# specific, in black) are labelled. The circles mark radii of equal generality.
+# At the scale of the whole disk the texts are a dot at the centre. Here the terms are drawn
+# again, at the same exact radii, magnified, with angles from the principal plane of the
+# *term* tangent vectors alone (centred), and the terms nearest to the origin (most general,
+# in red) and farthest from it (most specific, in black) are labelled. The circles mark radii
+# of equal generality. Training draws each term to the hyperbolic mean of the text points of
+# the studies that use it: a term used by many different studies ends nearer the origin.
 term_vectors = vectors["terms"]
 _, _, term_axes = np.linalg.svd(term_vectors - term_vectors.mean(0), full_matrices=False)
 term_disk = to_disk(term_points, plane=term_axes[:2].T)
