@@ -214,6 +214,23 @@ def test_pretrained_is_small_and_records_its_split():
     assert ids_digest(ids) == training["study_ids_sha256"]
 
 
+@has_pretrained
+def test_pretrained_records_the_studies_behind_each_term_map(pretrained):
+    """The shipped model trained on term maps; it says which training studies built each."""
+    from nimare_mnm.utils import ids_digest
+
+    record = pretrained.training_["term_maps"]
+    sources = pretrained.term_map_sources_
+    assert len(pretrained.term_map_terms_) == sources.shape[0] == record["n_terms"] > 1000
+    assert sources.shape[1] == len(pretrained.study_ids_)
+    assert np.diff(sources.indptr).min() >= record["min_studies"]
+    # The same studies as the digest taken when the maps were built.
+    builders = pretrained.study_ids_[np.unique(sources.indices)]
+    assert ids_digest(builders) == record["source_ids_sha256"]
+    studies = pretrained.term_map_studies("working memory")
+    assert len(studies) >= record["min_studies"] and set(studies) <= set(pretrained.study_ids_)
+
+
 @pytest.mark.slow
 @has_pretrained
 @requires_data
