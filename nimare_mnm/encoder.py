@@ -287,26 +287,30 @@ class MNMEncoder(NiMAREBase):
             hidden_dim=self.hidden_dim,
             n_level_tokens=len(level_spec) + 1,
         )
-        views = None
-        if spec.query_views:
-            views = self._input_encoder().encode(
-                [v for row in query_views(arrays.texts, seed=self.seed) for v in row]
-            )
-            views = views.reshape(len(arrays.ids), -1, views.shape[1])
-        text, brain, val_rows, term_maps = arrays.text, arrays.brain, None, None
+        text, brain, val_rows, term_maps, term_text = arrays.text, arrays.brain, None, None, None
+        n_studies = len(arrays.ids)
         if spec.term_maps:
             # (term, term map) pairs join the training rows; the maps are built from the
             # training rows only, never from the rows training validates on.
-            val_rows = default_val_rows(len(arrays.ids), train_config)
+            val_rows = default_val_rows(n_studies, train_config)
             term_maps, term_text = _term_pairs(
                 studyset, arrays, val_rows, spec.term_maps, self._input_encoder()
             )
             if term_maps is not None:
                 text = np.concatenate([text, term_text])
                 brain = np.concatenate([brain, term_maps.maps])
-                if views is not None:
-                    term_views = np.repeat(term_text[:, None], views.shape[1], axis=1)
-                    views = np.concatenate([views, term_views])
+                # The studies' rows become views of the training arrays, so that the
+                # originals are freed rather than held twice during training.
+                arrays.text, arrays.brain = text[:n_studies], brain[:n_studies]
+        views = None
+        if spec.query_views:
+            # One view position at a time, straight into an array with room for the term
+            # rows (a term's views are the term itself): no second copy of the views.
+            rows = query_views(arrays.texts, seed=self.seed)
+            views = np.empty((len(text), len(rows[0]), text.shape[1]), dtype=np.float32)
+            for j in range(views.shape[1]):
+                views[:n_studies, j] = self._input_encoder().encode([row[j] for row in rows])
+            views[n_studies:] = text[n_studies:, None]
         cone_text = cone_usage = None
         if spec.loss.needs_terms and term_maps is not None:
             cone_text, cone_usage = term_text, _term_usage_rows(term_maps, arrays.ids, len(text))
