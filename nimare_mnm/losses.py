@@ -263,6 +263,11 @@ def compute_losses(
                 loss = 0.5 * (text_cone + brain_cone).mean()
             terms["term_cones"] = config.w_term_cones * loss
         if config.w_term_mean > 0:
+            if model.config.geometry != "lorentz":
+                raise ValueError(
+                    "The term mean term is defined in the Lorentz model; this model's "
+                    f"geometry is {model.config.geometry!r}."
+                )
             # The root of the vocabulary, used by every study, is the origin: the mean of the
             # batch's text points is drawn to it (these points move). Scale-free, as below.
             spread = lorentz.dist0(all_text.detach(), c).pow(2).mean()

@@ -436,6 +436,9 @@ def test_term_mean_term_by_hand():
         model.log_text_alpha -= 2.0
         shrunk = compute_losses(model, text, brain, cfg, term_text=term_text, term_child=child)
     assert float(shrunk["term_mean"]) == pytest.approx(float(full["term_mean"]), rel=0.05)
+    flat = MNMModel(MNMConfig(8, 20, embed_dim=6, hidden_dim=16, geometry="euclidean"))
+    with pytest.raises(ValueError, match="Lorentz model"):
+        compute_losses(flat, text, brain, cfg, term_text=term_text, term_child=child)
 
 
 def test_term_mean_puts_general_terms_nearer_the_origin():
