@@ -308,8 +308,9 @@ class MNMEncoder(NiMAREBase):
             # rows (a term's views are the term itself): no second copy of the views.
             rows = query_views(arrays.texts, seed=self.seed)
             views = np.empty((len(text), len(rows[0]), text.shape[1]), dtype=np.float32)
+            input_encoder = self._input_encoder()
             for j in range(views.shape[1]):
-                views[:n_studies, j] = self._input_encoder().encode([row[j] for row in rows])
+                views[:n_studies, j] = input_encoder.encode([row[j] for row in rows])
             views[n_studies:] = text[n_studies:, None]
         cone_text = cone_usage = None
         if spec.loss.needs_terms and term_maps is not None:
