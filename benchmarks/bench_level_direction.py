@@ -1,6 +1,7 @@
 """Measure the level entailment term: its direction and its effect on validation retrieval.
 
-Trains the nimare-mnm configuration on the NeuroQuery training part (the protocol's test
+Trains model v2 as first shipped (preset ``nimare-mnm-v2``, the one with the level term at
+weight 0.05; the default has no level term) on the NeuroQuery training part (the protocol's test
 split is left out) with the level entailment term off, whole-to-part and part-to-whole, and
 writes ``benchmarks/results/level_direction.json`` with validation Recall@10, the level loss
 at the selected epoch, the mean brain radius and the fit time of each, and the commit, date and
@@ -55,7 +56,7 @@ def main():
             arrays.text,
             arrays.brain,
             model_config=MNMConfig(arrays.text.shape[1], arrays.brain.shape[1]),
-            loss_config=preset("nimare-mnm", **overrides).loss,
+            loss_config=preset("nimare-mnm-v2", **overrides).loss,
             train_config=TrainConfig(
                 epochs=args.epochs, patience=args.epochs, show_progress=False
             ),

@@ -702,19 +702,37 @@ class MNMEncoder(NiMAREBase):
 
         Raises
         ------
+        NotFittedError
+            The encoder is not fitted.
+        TypeError
+            ``term`` is not a string.
         ValueError
-            The model was not trained on term maps.
+            No term maps were built or recorded for this model.
         KeyError
-            ``term`` had no map (too few training studies use it).
+            ``term`` had no map: it is not one of ``term_map_terms_`` (the lower-case
+            NeuroQuery vocabulary terms used by enough training studies).
         """
         self._check_fitted()
+        if not isinstance(term, str):
+            raise TypeError(f"term must be a string, got {type(term).__name__}.")
         if getattr(self, "term_map_sources_", None) is None:
             raise ValueError(
-                "This model was not trained on term maps (its preset sets no term_maps)."
+                "This model has no term maps: none were built when it was fitted (a preset "
+                "without term_maps, or a studyset without NeuroQuery term annotations) or "
+                "recorded in its checkpoint."
             )
         where = np.flatnonzero(self.term_map_terms_ == term)
         if not len(where):
-            raise KeyError(f"No term map for {term!r}: too few training studies use it.")
+            hint = ""
+            if term != term.strip().lower() and np.any(
+                self.term_map_terms_ == term.strip().lower()
+            ):
+                hint = f" (did you mean {term.strip().lower()!r}?)"
+            raise KeyError(
+                f"No term map for {term!r}{hint}: term maps were built for the "
+                f"{len(self.term_map_terms_)} terms of term_map_terms_, the NeuroQuery "
+                "vocabulary terms used by enough training studies."
+            )
         return self.study_ids_[self.term_map_sources_[where[0]].indices]
 
     def radius(self, text) -> np.ndarray:
@@ -1083,7 +1101,14 @@ class MNMEncoder(NiMAREBase):
         encoder.training_ = {**config.get("training", {}), "history": config.get("history", [])}
         encoder._load_vocabulary(config, contents.path)
         encoder.term_map_terms_ = encoder.term_map_sources_ = None
-        if config.get("term_map_terms"):
+        if "term_map_terms" not in config and any(
+            key.startswith("term_maps.") for key in contents.arrays
+        ):
+            raise ValueError(
+                f"The checkpoint in {contents.path}: term map sources without their terms "
+                "(config.json has no term_map_terms)."
+            )
+        if "term_map_terms" in config:
             import scipy.sparse as sp
 
             terms = np.asarray(config["term_map_terms"], dtype=object)
@@ -1094,6 +1119,8 @@ class MNMEncoder(NiMAREBase):
                 indptr is None
                 or indices is None
                 or len(indptr) != len(terms) + 1
+                or indptr[0] != 0
+                or np.any(np.diff(indptr.astype(np.int64)) < 0)
                 or indptr[-1] != len(indices)
             ):
                 raise ValueError(

@@ -340,6 +340,11 @@ def train(
             f"model_config expects text_dim={mcfg.text_dim}, brain_dim={mcfg.brain_dim}; the "
             f"data have {text.shape[1]} and {prepared['brain'].shape[1]}."
         )
+    if loss_cfg.w_term_mean > 0 and mcfg.geometry != "lorentz":
+        raise ValueError(
+            "The term mean term (w_term_mean > 0) is defined in the Lorentz model; "
+            f"model_config's geometry is {mcfg.geometry!r}."
+        )
     rank, world = _distributed()
     device = resolve_device(cfg.device)
     if device.type == "cuda":

@@ -65,6 +65,7 @@ def test_unfitted_estimators_refuse():
         lambda: MNMEncoder().transform("memory"),
         lambda: MNMEncoder().retrieve("memory"),
         lambda: MNMEncoder().radius("memory"),
+        lambda: MNMEncoder().term_map_studies("memory"),
         lambda: MNMDecoder().transform(load_mask()),
     ):
         with pytest.raises(NotFittedError, match="not fitted"):
@@ -228,7 +229,14 @@ def test_pretrained_records_the_studies_behind_each_term_map(pretrained):
     builders = pretrained.study_ids_[np.unique(sources.indices)]
     assert ids_digest(builders) == record["source_ids_sha256"]
     studies = pretrained.term_map_studies("working memory")
-    assert len(studies) >= record["min_studies"] and set(studies) <= set(pretrained.study_ids_)
+    assert len(studies) >= record["min_studies"]
+    # Distinct training studies, in study_ids_ order as the docstring promises.
+    position = pd.Index(pretrained.study_ids_).get_indexer(studies)
+    assert (position >= 0).all() and (np.diff(position) > 0).all()
+    with pytest.raises(KeyError, match="did you mean 'working memory'"):
+        pretrained.term_map_studies("Working Memory")
+    with pytest.raises(TypeError, match="must be a string"):
+        pretrained.term_map_studies(["working memory"])
 
 
 @pytest.mark.slow

@@ -126,7 +126,7 @@ def test_encoder_trains_on_term_maps_of_its_training_rows_only(neuroquery, data_
     for j in np.flatnonzero(kept)[:20]:
         users = set(usage_ids[rows[np.asarray(usage[rows][:, j].todense()).ravel() > 0]])
         assert set(enc.term_map_studies(terms[j])) == users
-    with pytest.raises(KeyError, match="too few training studies"):
+    with pytest.raises(KeyError, match="No term map for .* term_map_terms_"):
         enc.term_map_studies(str(np.asarray(terms)[~kept][0]))
     enc.save_checkpoint(tmp_path / "ckpt")
     loaded = MNMEncoder.from_checkpoint(tmp_path / "ckpt", device="cpu")

@@ -427,7 +427,8 @@ def test_term_mean_term_by_hand():
         grads[name] = x.grad
         if n:
             assert t.grad.abs().sum() > 0
-    # The terms' pull leaves the studies' points where they are: only the root moves them.
+    # The terms' pull sends no gradient into the studies' points (only the root does); it
+    # still moves them in training, through the text head's weights they share with the terms.
     torch.testing.assert_close(grads["with terms"], grads["no terms"])
     assert grads["no terms"].abs().sum() > 0
     # Shrinking every point towards the origin does not lower it.
@@ -439,6 +440,33 @@ def test_term_mean_term_by_hand():
     flat = MNMModel(MNMConfig(8, 20, embed_dim=6, hidden_dim=16, geometry="euclidean"))
     with pytest.raises(ValueError, match="Lorentz model"):
         compute_losses(flat, text, brain, cfg, term_text=term_text, term_child=child)
+
+
+def test_term_mean_refuses_a_euclidean_model_before_training():
+    """The Lorentz-only term mean is refused when the configuration is read, not at the
+    first training step after the encoding and the term maps are built."""
+    from dataclasses import replace
+
+    from scipy import sparse
+
+    from nimare_mnm.presets import Preset
+
+    euclid = LossConfig(contrastive="cosine", w_term_mean=0.3)
+    with pytest.raises(ValueError, match="Lorentz model.*'euclidean'"):
+        Preset(loss=euclid, geometry="euclidean", decoder=True, term_maps=20)
+    Preset(loss=replace(euclid, w_term_mean=0.0), geometry="euclidean", decoder=True)
+    rng = np.random.default_rng(0)
+    text, brain = rng.normal(size=(64, 8)), rng.random((64, 20))
+    usage = sparse.random(64, 3, density=0.3, random_state=0, format="csr") > 0
+    with pytest.raises(ValueError, match="Lorentz model.*'euclidean'"):
+        train(
+            text,
+            brain,
+            model_config=MNMConfig(8, 20, embed_dim=6, hidden_dim=16, geometry="euclidean"),
+            loss_config=euclid,
+            term_text=rng.normal(size=(3, 8)),
+            term_usage=usage,
+        )
 
 
 def test_term_mean_puts_general_terms_nearer_the_origin():
