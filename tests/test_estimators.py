@@ -239,6 +239,52 @@ def test_pretrained_records_the_studies_behind_each_term_map(pretrained):
         pretrained.term_map_studies(["working memory"])
 
 
+@has_pretrained
+def test_checkpoint_refuses_inconsistent_term_map_sources(tmp_path):
+    """Term-map sources that do not fit their terms are refused, even under a valid digest."""
+    import hashlib
+
+    from safetensors.numpy import load_file, save_file
+
+    def variant(name, edit_config=None, edit_arrays=None):
+        folder = tmp_path / name
+        shutil.copytree(PRETRAINED_DIR, folder)
+        config = json.loads((folder / "config.json").read_text())
+        if edit_arrays is not None:
+            arrays = load_file(folder / "arrays.safetensors")
+            edit_arrays(arrays)
+            save_file(arrays, folder / "arrays.safetensors")
+            digest = hashlib.sha256((folder / "arrays.safetensors").read_bytes()).hexdigest()
+            config["arrays_sha256"] = digest
+        if edit_config is not None:
+            edit_config(config)
+        (folder / "config.json").write_text(json.dumps(config))
+        return folder
+
+    intact = MNMEncoder.from_checkpoint(variant("intact"), device="cpu")
+    assert len(intact.term_map_terms_) == intact.term_map_sources_.shape[0] > 0
+
+    def shift(arrays):
+        arrays["term_maps.indptr"] = arrays["term_maps.indptr"] + 1
+
+    def swap(arrays):
+        indptr = arrays["term_maps.indptr"].copy()
+        indptr[1], indptr[2] = indptr[2], indptr[1]
+        arrays["term_maps.indptr"] = indptr
+
+    for name, edit in (("shifted", shift), ("decreasing", swap)):
+        with pytest.raises(ValueError, match="term map sources are incomplete"):
+            MNMEncoder.from_checkpoint(variant(name, edit_arrays=edit), device="cpu")
+    with pytest.raises(ValueError, match="term map sources are incomplete"):
+        MNMEncoder.from_checkpoint(
+            variant("one term fewer", lambda c: c["term_map_terms"].pop()), device="cpu"
+        )
+    with pytest.raises(ValueError, match="without their terms"):
+        MNMEncoder.from_checkpoint(
+            variant("no terms", lambda c: c.pop("term_map_terms")), device="cpu"
+        )
+
+
 @pytest.mark.slow
 @has_pretrained
 @requires_data
