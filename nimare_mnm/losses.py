@@ -120,6 +120,20 @@ w_reconstruction, w_view_order, w_term_cones, w_term_mean : :obj:`float`
         """Whether vocabulary terms and the studies that use them are needed."""
         return self.w_term_cones > 0 or self.w_term_mean > 0
 
+    def check_geometry(self, geometry: str, whose: str = "the model's") -> None:
+        """Refuse a geometry the enabled terms are not defined in.
+
+        Raises
+        ------
+        ValueError
+            ``w_term_mean > 0`` (defined in the Lorentz model) with another geometry.
+        """
+        if self.w_term_mean > 0 and geometry != "lorentz":
+            raise ValueError(
+                "The term mean term (w_term_mean > 0) is defined in the Lorentz model; "
+                f"{whose} geometry is {geometry!r}."
+            )
+
     def to_dict(self) -> dict:
         """Return the configuration as a JSON-serialisable dict."""
         return asdict(self)
@@ -263,11 +277,7 @@ def compute_losses(
                 loss = 0.5 * (text_cone + brain_cone).mean()
             terms["term_cones"] = config.w_term_cones * loss
         if config.w_term_mean > 0:
-            if model.config.geometry != "lorentz":
-                raise ValueError(
-                    "The term mean term is defined in the Lorentz model; this model's "
-                    f"geometry is {model.config.geometry!r}."
-                )
+            config.check_geometry(model.config.geometry, "this model's")
             # The root of the vocabulary, used by every study, is the origin: the mean of the
             # batch's text points is drawn to it (these points move). Scale-free, as below.
             spread = lorentz.dist0(all_text.detach(), c).pow(2).mean()

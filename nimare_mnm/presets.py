@@ -71,11 +71,7 @@ class Preset:
                 "Term cones and term means (w_term_cones, w_term_mean > 0) need term maps: set "
                 "term_maps to the fewest studies a term needs."
             )
-        if self.loss.w_term_mean > 0 and self.geometry != "lorentz":
-            raise ValueError(
-                "The term mean term (w_term_mean > 0) is defined in the Lorentz model; this "
-                f"preset's geometry is {self.geometry!r}."
-            )
+        self.loss.check_geometry(self.geometry, "this preset's")
         object.__setattr__(self, "model", MappingProxyType(dict(self.model)))
         object.__setattr__(self, "train", MappingProxyType(dict(self.train)))
 

@@ -281,6 +281,8 @@ def train(
         loss_cfg = PRESETS["nimare-mnm"].loss
         if term_text is None:  # the default's vocabulary-term terms need the terms
             loss_cfg = replace(loss_cfg, w_term_cones=0.0, w_term_mean=0.0)
+    # Before any work: the default MNMConfig is a Lorentz model.
+    loss_cfg.check_geometry(model_config.geometry if model_config else "lorentz", "model_config's")
     text = np.asarray(text, dtype=np.float32)
     if text.ndim != 2 or len(text) != len(brain):
         raise ValueError(
@@ -339,11 +341,6 @@ def train(
         raise ValueError(
             f"model_config expects text_dim={mcfg.text_dim}, brain_dim={mcfg.brain_dim}; the "
             f"data have {text.shape[1]} and {prepared['brain'].shape[1]}."
-        )
-    if loss_cfg.w_term_mean > 0 and mcfg.geometry != "lorentz":
-        raise ValueError(
-            "The term mean term (w_term_mean > 0) is defined in the Lorentz model; "
-            f"model_config's geometry is {mcfg.geometry!r}."
         )
     rank, world = _distributed()
     device = resolve_device(cfg.device)
